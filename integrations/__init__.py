@@ -1,0 +1,1 @@
+"""Integrations of SpeechGPT with agent frameworks (LangChain first)."""

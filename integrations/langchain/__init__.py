@@ -1,0 +1,1 @@
+"""LangChain chat model and voice tools for SpeechGPT."""

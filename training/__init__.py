@@ -1,0 +1,1 @@
+"""Training of SpeechGPT adapters: data builders and the three stages (ma, cm, com)."""
