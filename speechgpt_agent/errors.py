@@ -35,3 +35,7 @@ class UnsafeCheckpointError(CheckpointError):
 
 class ModelNotFoundError(SpeechGPTError, FileNotFoundError):
     """A model folder, file or hub id that cannot be found locally or downloaded."""
+
+
+class PromptTooLongError(SpeechGPTError, ValueError):
+    """A prompt that does not fit the model's context window, even without conversation history."""

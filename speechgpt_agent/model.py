@@ -1,0 +1,721 @@
+"""The SpeechGPT language model: loading (4-bit by default), its tokenizer, and token streaming.
+
+``SpeechGPTModel.from_pretrained()`` reads the released folders (``fnlp/SpeechGPT-7B-cm``:
+transformers LLaMA + sentencepiece ``tokenizer.model`` + ``added_tokens.json``; optionally the
+peft LoRA ``fnlp/SpeechGPT-7B-com``), checks that the vocabulary really is SpeechGPT's (1000
+contiguous unit tokens, ``<sosp>``, ``<eosp>``), and quantizes the linear layers with
+bitsandbytes NF4 (double quantization, bf16 compute): about 4 GB for the 7B model.
+
+The tokenizer is configured to tokenize exactly as the one the model was trained with
+(transformers 4.33's slow ``LlamaTokenizer``, legacy mode): every piece of text between added
+tokens is encoded by sentencepiece on its own (with its dummy-prefix space), and whitespace
+next to an added token is dropped. transformers 5 would otherwise encode
+``"[SpeechGPT]: "`` differently from the training data.
+
+``generate_stream()`` is a sampling loop of our own over the model's KV cache rather than
+``model.generate`` with a streamer thread: it needs no thread, it yields each token id as
+soon as it is sampled, it is cancelled by simply not asking for more (or ``cancel()``), and
+it samples with a ``torch.Generator`` of its own, so a seed reproduces a generation even
+while other threads generate with the same model. The logits processors are transformers'
+own, in ``generate``'s order, so the sampling distribution is the same as ``generate``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import pickle
+import re
+import threading
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import torch
+
+from .errors import CheckpointError, PromptTooLongError
+from .hub import PathLike, resolve_dir
+from .parse import FirstSegment, StreamParser
+from .prompt import CONTROL_TOKENS, EOA, EOSP, HUMAN, NUM_UNITS, SOSP
+
+__all__ = [
+    "DEFAULT_ADAPTER",
+    "DEFAULT_MODEL",
+    "GenerationOptions",
+    "Quantization",
+    "SpeechGPTModel",
+    "SpeechVocab",
+    "TokenStream",
+    "load_speech_tokenizer",
+]
+
+DEFAULT_MODEL = "fnlp/SpeechGPT-7B-cm"
+DEFAULT_ADAPTER = "fnlp/SpeechGPT-7B-com"
+
+Quantization = Literal["nf4", "int8"] | None
+StreamFinish = Literal["stop", "length", "cancelled"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MODEL_FILES = ("*.json", "tokenizer.model", "*.bin", "*.safetensors")
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.*")
+
+
+# --- generation options ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Sampling settings of one generation.
+
+    The defaults are the ``GenerationConfig`` that the original ``cli_infer.py`` passes to
+    ``generate`` (temperature 0.7, top-p 0.8, top-k 50, 10 to 2048 new tokens). Its
+    ``DEFAULT_GEN_PARAMS`` dict (0.8 / 60 / 1024) is stored but never used by ``forward``.
+    """
+
+    max_new_tokens: int = 2048
+    min_new_tokens: int = 10
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if self.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}.")
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}.")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}.")
+
+
+# --- tokenizer -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeechVocab:
+    """Where SpeechGPT's tokens sit in the vocabulary. Unit ``n`` is token ``unit_token_offset + n``."""
+
+    unit_token_offset: int
+    sosp_id: int
+    eosp_id: int
+    bos_id: int
+    eos_id: int
+    control_ids: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Ids of ``[Human]``, ``[SpeechGPT]``, ``<eoh>``, ``<eos>`` (those present)."""
+    num_units: int = NUM_UNITS
+
+    @property
+    def max_token_id(self) -> int:
+        return max(self.unit_token_offset + self.num_units - 1, self.sosp_id, self.eosp_id,
+                   *self.control_ids.values())
+
+
+def _not_speechgpt(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a SpeechGPT checkpoint: {reason}. A SpeechGPT model (such as "
+        f"{DEFAULT_MODEL}) extends LLaMA's tokenizer with the speech-unit tokens <0>..<999>, "
+        "<sosp> and <eosp> (contiguous ids, listed in added_tokens.json)."
+    )
+
+
+def _read_added_tokens(path: Path) -> dict[str, int]:
+    file = path / "added_tokens.json"
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file} is not readable json: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in data.items()
+    ):
+        raise CheckpointError(f"{file} must map token strings to integer ids.")
+    return data
+
+
+def load_speech_tokenizer(path: PathLike) -> tuple[Any, SpeechVocab]:
+    """Load and validate the tokenizer of a local SpeechGPT folder.
+
+    Reads the release layout: sentencepiece ``tokenizer.model`` plus ``added_tokens.json``
+    (ids are taken from that file, whatever ``tokenizer_config.json`` says).
+
+    Returns:
+        ``(tokenizer, vocab)``: a transformers ``LlamaTokenizer`` that tokenizes like the one
+        the model was trained with, and the positions of the speech tokens.
+
+    Raises:
+        CheckpointError: no sentencepiece model, or not a SpeechGPT vocabulary.
+    """
+    from transformers import AddedToken, LlamaTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.model").is_file():
+        raise CheckpointError(
+            f"{path} has no tokenizer.model. SpeechGPT folders carry LLaMA's sentencepiece model "
+            "and added_tokens.json (as fnlp/SpeechGPT-7B-cm does); copy both from the base model "
+            "when saving a fine-tuned one."
+        )
+    added = _read_added_tokens(path)
+    if "<0>" not in added:
+        raise _not_speechgpt(path, "its tokenizer has no speech-unit tokens")
+    # Non-special added tokens that strip the whitespace around them and match raw text:
+    # the behaviour of transformers 4.33's slow tokenizer that the model was trained with.
+    decoder = {
+        i: AddedToken(t, lstrip=True, rstrip=True, normalized=False, special=False)
+        for t, i in added.items()
+    }
+    try:
+        tok = LlamaTokenizer.from_pretrained(
+            path, legacy=True, add_prefix_space=True, tokenizer_file=None,
+            added_tokens_decoder=decoder,
+        )
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the tokenizer of {path}: {exc}") from exc
+    # sentencepiece's dummy prefix on every piece of text, also one that starts with a space
+    # (the Metaspace pre-tokenizer would not add it there): how the released LLaMA fast
+    # tokenizers were built, and what the slow tokenizer does.
+    from tokenizers import normalizers
+
+    tok.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.backend_tokenizer.pre_tokenizer = None
+    tok.pad_token_id = 0  # as the original: unk, distinct from eos; left padding
+    tok.padding_side = "left"
+
+    vocab = tok.get_vocab()
+    offset = vocab.get("<0>")
+    for name in (SOSP, EOSP):
+        if name not in vocab:
+            raise _not_speechgpt(path, f"its tokenizer has no {name} token")
+    for n in range(NUM_UNITS):
+        if vocab.get(f"<{n}>") != offset + n:
+            raise _not_speechgpt(
+                path, f"unit token <{n}> is missing or not at id {offset} + {n} (contiguous ids)")
+    probe = f"{SOSP}<0><{NUM_UNITS - 1}>{EOSP}"
+    expected = [vocab[SOSP], offset, offset + NUM_UNITS - 1, vocab[EOSP]]
+    if tok.encode(probe, add_special_tokens=False) != expected:
+        raise _not_speechgpt(path, "its speech tokens are not single tokens")
+    if tok.eos_token_id is None or tok.bos_token_id is None:
+        raise CheckpointError(f"the tokenizer of {path} has no bos/eos token.")
+    speech_vocab = SpeechVocab(
+        unit_token_offset=offset,
+        sosp_id=vocab[SOSP],
+        eosp_id=vocab[EOSP],
+        bos_id=tok.bos_token_id,
+        eos_id=tok.eos_token_id,
+        control_ids=MappingProxyType({t: vocab[t] for t in CONTROL_TOKENS[2:] if t in vocab}),
+    )
+    missing = [t for t in CONTROL_TOKENS[2:] if t not in vocab]
+    if missing:
+        warnings.warn(
+            f"{path}: tokens {missing} are missing; this looks like a stage-1 (modality "
+            "adaptation) model, which was not trained on the chat template.",
+            stacklevel=3,
+        )
+    return tok, speech_vocab
+
+
+# --- token streaming -----------------------------------------------------------------------
+
+
+@functools.cache
+def _cache_kwarg() -> str:
+    """Name of the KV-cache argument of LLaMA's forward (``cache`` since transformers 5.x)."""
+    from transformers import LlamaForCausalLM
+
+    params = inspect.signature(LlamaForCausalLM.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class TokenStream(Iterator[int]):
+    """The token ids of one generation, sampled one by one as iteration asks for them.
+
+    Iterate it (or ``next()`` it); each step runs one forward pass over the KV cache. The
+    end-of-sequence token is not yielded; the tokens spelling a stop string are. After the
+    last token, :attr:`finish_reason` says why the stream ended: ``"stop"`` (eos or a stop
+    string), ``"length"`` (``max_new_tokens`` or the context window) or ``"cancelled"``
+    (:meth:`cancel` from any thread, or :meth:`close`). One consumer per stream.
+    """
+
+    def __init__(
+        self,
+        owner: SpeechGPTModel,
+        prompt: torch.Tensor,
+        options: GenerationOptions,
+        generator: torch.Generator,
+        stop_strings: tuple[str, ...],
+        max_new_tokens: int,
+    ) -> None:
+        from transformers.cache_utils import DynamicCache
+
+        self._owner = owner
+        self._options = options
+        self._generator = generator
+        self._stop_strings = stop_strings
+        self._window = 8 + 4 * max((len(s) for s in stop_strings), default=0)
+        self._max_new = max_new_tokens
+        self._processors: Any = None  # built at the first step, on the logits' device
+        self._cache: Any = DynamicCache(config=owner.model.config)
+        self._sequence = prompt
+        self._next_input = prompt
+        self._cancel = threading.Event()
+        self._stop_after_last = False
+        self.prompt_tokens: int = prompt.shape[-1]
+        self.tokens: list[int] = []
+        """The ids yielded so far."""
+        self.finish_reason: StreamFinish | None = None
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def cancel(self) -> None:
+        """Stop the stream before its next forward pass (thread-safe)."""
+        self._cancel.set()
+
+    def close(self) -> None:
+        """End the stream now and free its KV cache."""
+        self._finish("cancelled")
+
+    def _finish(self, reason: StreamFinish) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = reason
+        self._cache = self._sequence = self._next_input = None
+
+    def __next__(self) -> int:
+        if self.finish_reason is not None:
+            raise StopIteration
+        if self._cancel.is_set():
+            self._finish("cancelled")
+            raise StopIteration
+        if self._stop_after_last:
+            self._finish("stop")
+            raise StopIteration
+        if len(self.tokens) >= self._max_new:
+            self._finish("length")
+            raise StopIteration
+        with torch.inference_mode():
+            out = self._owner.model(
+                input_ids=self._next_input, use_cache=True, logits_to_keep=1,
+                **{_cache_kwarg(): self._cache},
+            )
+            logits = out.logits[:, -1, :].float()
+            self._sequence = self._sequence.to(logits.device)  # no-op unless split over devices
+            if self._processors is None:
+                self._processors = self._owner._logits_processors(
+                    self._options, self.prompt_tokens, logits.device)
+            scores = self._processors(self._sequence, logits)
+            if self._options.do_sample:
+                # drawn on the CPU: one small copy per token, and the same seed gives the
+                # same draws whatever device the model runs on
+                probs = torch.softmax(scores, dim=-1).cpu()
+                token = torch.multinomial(probs, 1, generator=self._generator)
+            else:
+                token = scores.argmax(dim=-1, keepdim=True)
+            self._sequence = torch.cat([self._sequence, token.to(logits.device)], dim=-1)
+            self._next_input = token.to(self._next_input.device)
+        tid = int(token)
+        if tid in self._owner.eos_ids:
+            self._finish("stop")
+            raise StopIteration
+        self.tokens.append(tid)
+        if self._stop_strings:
+            tail = self._owner.tokenizer.decode(self.tokens[-self._window:])
+            self._stop_after_last = any(s in tail for s in self._stop_strings)
+        return tid
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Hide transformers' and the hub's progress bars while loading (a process-wide switch)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled and not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _default_device_map() -> str | dict[str, int]:
+    return {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
+
+
+def _quantization_config(quantization: Quantization, dtype: torch.dtype) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if quantization is None:
+        return None
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"quantization must be 'nf4', 'int8' or None, got {quantization!r}.")
+
+
+class SpeechGPTModel:
+    """A loaded SpeechGPT language model with its tokenizer. Build it with :meth:`from_pretrained`.
+
+    One instance serves concurrent callers: each :meth:`generate_stream` has its own KV cache
+    and random generator, and the weights are only read.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        vocab: SpeechVocab,
+        *,
+        model_ref: str,
+        adapter_ref: str | None,
+        adapter_merged: bool,
+        quantization: Quantization,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self._model_ref = model_ref
+        self._adapter_ref = adapter_ref
+        self._adapter_merged = adapter_merged
+        self._quantization = quantization
+        self._dtype = dtype
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        self.eos_ids: frozenset[int] = frozenset(eos_ids | {vocab.eos_id})
+
+    # -- loading --
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: PathLike = DEFAULT_MODEL,
+        adapter: PathLike | None = DEFAULT_ADAPTER,
+        *,
+        quantization: Quantization = "nf4",
+        device_map: str | dict[str, Any] | None = None,
+        dtype: torch.dtype | None = None,
+        merge_adapter: bool | None = None,
+        progress: bool = True,
+        revision: str | None = None,
+    ) -> SpeechGPTModel:
+        """Load a SpeechGPT model (and its chain-of-modality adapter) from the hub or a folder.
+
+        Args:
+            model: hub id or local folder of the stage-2 model (release layout).
+            adapter: hub id or local folder of a peft LoRA adapter; ``None`` for none.
+            quantization: ``"nf4"`` (bitsandbytes 4-bit NF4, double quantization, about 4 GB
+                for 7B), ``"int8"`` (LLM.int8, about 7 GB) or ``None`` (``dtype`` weights).
+            device_map: as in transformers; default the current CUDA device, else ``"cpu"``
+                (bitsandbytes 0.50 runs NF4 and int8 on the CPU too). ``"auto"`` spreads over
+                devices.
+            dtype: compute dtype and dtype of the unquantized weights; default bfloat16,
+                float16 for ``"int8"`` (LLM.int8 computes in float16).
+            merge_adapter: fold the LoRA weights into the base weights. Default: merge when
+                unquantized. Merging into 4/8-bit weights would re-quantize them (rounding
+                away much of the low-rank update), so it is refused for ``"nf4"``/``"int8"``;
+                the adapter then runs beside the quantized layers.
+            progress: show download/loading progress bars.
+            revision: hub revision of ``model``.
+
+        Raises:
+            ModelNotFoundError: the model or adapter is neither a folder nor downloadable.
+            CheckpointError: the folder is not a SpeechGPT model or a peft adapter.
+            ValueError: invalid option combination.
+        """
+        qc_dtype = dtype or (torch.float16 if quantization == "int8" else torch.bfloat16)
+        qconfig = _quantization_config(quantization, qc_dtype)
+        if merge_adapter and quantization is not None:
+            raise ValueError(
+                f"cannot merge the adapter into {quantization} weights: merging re-quantizes "
+                "them and loses most of the low-rank update. Load with quantization=None to "
+                "merge, or keep the adapter separate (merge_adapter=None)."
+            )
+        with _progress_bars(progress):
+            path = resolve_dir(model, what="SpeechGPT language model",
+                               allow_patterns=_MODEL_FILES, revision=revision)
+            config = cls._read_config(path)
+            tokenizer, vocab = load_speech_tokenizer(path)
+            if config.get("vocab_size", 0) <= vocab.max_token_id:
+                raise _not_speechgpt(
+                    path, f"config.json has vocab_size {config.get('vocab_size')}, too small for "
+                    f"the token ids up to {vocab.max_token_id} of its tokenizer")
+            lm = cls._load_weights(path, qconfig, qc_dtype, device_map)
+            merged = False
+            adapter_ref = None
+            if adapter is not None:
+                adapter_path = resolve_dir(adapter, what="SpeechGPT adapter",
+                                           allow_patterns=_ADAPTER_FILES)
+                lm = cls._attach_adapter(lm, adapter_path)
+                adapter_ref = str(adapter)
+                if merge_adapter or (merge_adapter is None and quantization is None):
+                    lm = lm.merge_and_unload()
+                    merged = True
+        lm.eval()
+        return cls(lm, tokenizer, vocab, model_ref=str(model), adapter_ref=adapter_ref,
+                   adapter_merged=merged, quantization=quantization, dtype=qc_dtype)
+
+    @staticmethod
+    def _read_config(path: Path) -> dict[str, Any]:
+        file = path / "config.json"
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"{path} has no config.json: not a transformers model folder.") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{file} is not readable json: {exc}") from exc
+        if config.get("model_type") != "llama":
+            raise _not_speechgpt(path, f"its model_type is {config.get('model_type')!r}, not 'llama'")
+        return config
+
+    @staticmethod
+    def _load_weights(path: Path, qconfig: Any, dtype: torch.dtype, device_map: Any) -> Any:
+        from safetensors import SafetensorError
+        from transformers import LlamaForCausalLM
+
+        try:
+            return LlamaForCausalLM.from_pretrained(
+                path,
+                dtype=dtype,
+                quantization_config=qconfig,
+                device_map=device_map if device_map is not None else _default_device_map(),
+            )
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError,
+                SafetensorError) as exc:
+            raise CheckpointError(f"cannot load the weights of {path}: {exc}") from exc
+
+    @staticmethod
+    def _attach_adapter(lm: Any, adapter_path: Path) -> Any:
+        from peft import PeftModel
+
+        if not (adapter_path / "adapter_config.json").is_file():
+            raise CheckpointError(
+                f"{adapter_path} has no adapter_config.json: not a peft adapter folder "
+                "(SpeechGPT-7B-com holds adapter_config.json and adapter_model.bin)."
+            )
+        try:
+            with warnings.catch_warnings():
+                # peft 0.3 configs (the release) carry fields current peft no longer has.
+                warnings.filterwarnings("ignore", message="Unexpected keyword arguments")
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing",
+                                        category=FutureWarning)
+                return PeftModel.from_pretrained(lm, adapter_path, is_trainable=False)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"cannot apply the adapter {adapter_path}: {exc}") from exc
+
+    # -- vocabulary --
+
+    @property
+    def unit_token_offset(self) -> int:
+        """Token id of unit 0; unit ``n`` is ``unit_token_offset + n``."""
+        return self.vocab.unit_token_offset
+
+    @property
+    def sosp_id(self) -> int:
+        return self.vocab.sosp_id
+
+    @property
+    def eosp_id(self) -> int:
+        return self.vocab.eosp_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.vocab.eos_id
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    @property
+    def context_length(self) -> int:
+        """Positions the model was built for (2048 for SpeechGPT-7B)."""
+        return int(self.model.config.max_position_embeddings)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the input embeddings, where prompts go."""
+        return self.model.get_input_embeddings().weight.device
+
+    def unit_id(self, unit: int) -> int:
+        """Token id of speech unit ``unit`` (``0..999``)."""
+        if not 0 <= unit < self.vocab.num_units:
+            raise ValueError(f"unit {unit} outside 0..{self.vocab.num_units - 1}.")
+        return self.vocab.unit_token_offset + unit
+
+    def token_to_unit(self, token_id: int) -> int | None:
+        """The speech unit a token id stands for, or ``None`` for any other token."""
+        n = token_id - self.vocab.unit_token_offset
+        return n if 0 <= n < self.vocab.num_units else None
+
+    # -- text --
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a prompt, with the leading ``<s>`` (as the original ``tokenizer(prompt)``).
+
+        Raises:
+            ValueError: the prompt holds lone surrogates (``escape_user_text`` replaces them).
+        """
+        if _SURROGATE.search(prompt):
+            raise ValueError("the prompt is not valid Unicode: it holds lone surrogates.")
+        return self.tokenizer.encode(prompt, add_special_tokens=True)
+
+    def count_tokens(self, prompt: str) -> int:
+        """Length of :meth:`encode`; pass it to ``build_prompt(count_tokens=...)``."""
+        return len(self.encode(prompt))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids (added tokens spelled out, ``<s>``/``</s>`` dropped)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def stream_parser(self, first_segment: FirstSegment = "auto") -> StreamParser:
+        """A :class:`~speechgpt_agent.parse.StreamParser` wired to this model's vocabulary."""
+        v = self.vocab
+        ends = {v.eos_id, *self.eos_ids}
+        if HUMAN in v.control_ids:
+            ends.add(v.control_ids[HUMAN])
+        ignore = {v.bos_id, *(i for t, i in v.control_ids.items() if t != HUMAN)}
+        return StreamParser(
+            self.decode,
+            unit_token_offset=v.unit_token_offset,
+            sosp_id=v.sosp_id,
+            eosp_id=v.eosp_id,
+            num_units=v.num_units,
+            vocab_size=self.vocab_size,
+            end_ids=ends,
+            ignore_ids=ignore - ends,
+            first_segment=first_segment,
+        )
+
+    # -- generation --
+
+    def _logits_processors(self, opts: GenerationOptions, prompt_len: int, device: torch.device) -> Any:
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            MinNewTokensLengthLogitsProcessor,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        procs = LogitsProcessorList()
+        if opts.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(opts.repetition_penalty))
+        if opts.min_new_tokens > 0:
+            procs.append(MinNewTokensLengthLogitsProcessor(
+                prompt_len, opts.min_new_tokens, sorted(self.eos_ids), device=str(device)))
+        if opts.do_sample:
+            if opts.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(opts.temperature))
+            if opts.top_k:
+                procs.append(TopKLogitsWarper(opts.top_k))
+            if opts.top_p < 1.0:
+                procs.append(TopPLogitsWarper(opts.top_p))
+        return procs
+
+    def generate_stream(
+        self,
+        input_ids: Sequence[int] | torch.Tensor,
+        options: GenerationOptions | None = None,
+        *,
+        seed: int | None = None,
+        stop_strings: Sequence[str] = (EOA,),
+    ) -> TokenStream:
+        """Sample the continuation of one prompt, token by token.
+
+        Args:
+            input_ids: prompt token ids (from :meth:`encode`), a sequence or a ``[T]`` /
+                ``[1, T]`` tensor.
+            options: sampling settings (default: the original CLI's).
+            seed: seeds this stream's own random generator; the same seed, prompt and
+                options give the same tokens. ``None`` draws a fresh seed.
+            stop_strings: texts that end the generation once the decoded tokens spell them
+                (default ``<eoa>``, the end of a SpeechGPT answer, which is several tokens).
+
+        Returns:
+            A :class:`TokenStream`; nothing is computed until it is iterated. Generation
+            also ends at eos, after ``max_new_tokens``, or at the context window.
+
+        Raises:
+            ValueError: empty prompt or token ids outside the vocabulary.
+            PromptTooLongError: the prompt fills the context window.
+        """
+        opts = options or GenerationOptions()
+        ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1) \
+            if not isinstance(input_ids, torch.Tensor) else input_ids.detach().to(torch.long)
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2 or ids.shape[0] != 1:
+            raise ValueError(f"input_ids must be one sequence ([T] or [1, T]), got {tuple(ids.shape)}.")
+        if ids.numel() == 0:
+            raise ValueError("input_ids is empty.")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise ValueError(f"input_ids must be token ids in 0..{self.vocab_size - 1}.")
+        room = self.context_length - ids.shape[-1]
+        if room <= 0:
+            raise PromptTooLongError(
+                f"the prompt has {ids.shape[-1]} tokens; the model's context window is "
+                f"{self.context_length}. Shorten it (build_prompt(max_tokens=...)).")
+        device = self.device
+        generator = torch.Generator()  # sampling happens on the CPU (see TokenStream)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(int(seed))
+        return TokenStream(self, ids.to(device), opts, generator, tuple(stop_strings),
+                           min(opts.max_new_tokens, room))
+
+    # -- description --
+
+    def num_parameters(self) -> int:
+        """Number of weights, counting each 4-bit weight once (bitsandbytes packs two per byte)."""
+        total = 0
+        for p in self.model.parameters():
+            state = getattr(p, "quant_state", None)
+            total += state.shape.numel() if state is not None else p.numel()
+        return total
+
+    def memory_footprint(self) -> int:
+        """Bytes taken by the weights and buffers."""
+        return int(self.model.get_memory_footprint())
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded, for ``speechgpt-agent info``."""
+        return {
+            "model": self._model_ref,
+            "adapter": self._adapter_ref,
+            "adapter_merged": self._adapter_merged,
+            "quantization": self._quantization or "none",
+            "dtype": str(self._dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "parameters": self.num_parameters(),
+            "memory_footprint": self.memory_footprint(),
+            "vocab_size": self.vocab_size,
+            "context_length": self.context_length,
+        }

@@ -1,0 +1,295 @@
+"""SpeechGPT prompts: the released templates, task prefixes and the escaping of user text.
+
+Everything here is plain string work; tokenization happens in :mod:`speechgpt_agent.model`.
+The strings are those of the original code and data (``speechgpt/src/infer/cli_infer.py``
+and the SpeechInstruct samples of the original README), character for character, because
+the released weights were fine-tuned on exactly them:
+
+* a prompt is ``META_INSTRUCTION + "[Human]: {question} <eoh>. [SpeechGPT]: "``;
+* speech enters the question as its unit string ``<sosp><661><588>...<eosp>``;
+* ASR and TTS are selected by an instruction followed by ``This is input:`` and the payload;
+* a chain-of-modality answer reads ``{transcript}; [ta] {text}; [ua] <sosp>...<eosp><eoa>``.
+
+Whitespace next to the added tokens (``[Human]``, ``<eoh>``, ``<sosp>`` ...) does not matter:
+the released tokenizer strips it, so ``input: <sosp>`` and ``input:<sosp>`` give the same ids.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Literal
+
+from .errors import PromptTooLongError, UnitError
+
+__all__ = [
+    "ADDED_TOKENS",
+    "ASR_INSTRUCTION",
+    "CONTROL_TOKENS",
+    "EOA",
+    "EOH",
+    "EOSP",
+    "EOS_ADDED",
+    "HUMAN",
+    "INPUT_MARKER",
+    "META_INSTRUCTION",
+    "NUM_UNITS",
+    "SOSP",
+    "SPEECHGPT",
+    "TA",
+    "TEMPLATE",
+    "TTS_INSTRUCTION",
+    "UA",
+    "Task",
+    "Turn",
+    "asr_question",
+    "build_prompt",
+    "chain_of_modality_answer",
+    "escape_user_text",
+    "format_units",
+    "tts_question",
+]
+
+# --- the released vocabulary conventions -------------------------------------------------
+
+NUM_UNITS = 1000
+"""Size of the speech-unit codebook (mHuBERT layer 11, k-means 1000): unit ``n`` is ``<n>``."""
+
+SOSP, EOSP = "<sosp>", "<eosp>"
+HUMAN, SPEECHGPT, EOH, EOS_ADDED = "[Human]", "[SpeechGPT]", "<eoh>", "<eos>"
+CONTROL_TOKENS: tuple[str, ...] = (SOSP, EOSP, HUMAN, SPEECHGPT, EOH, EOS_ADDED)
+"""Added tokens after the unit tokens, in the order the original training scripts added them."""
+
+ADDED_TOKENS: tuple[str, ...] = tuple(f"<{n}>" for n in range(NUM_UNITS)) + CONTROL_TOKENS
+"""The 1006 tokens appended to LLaMA's 32000 (ids 32000..33005 in the release), in order."""
+
+# Text markers: NOT tokens of the vocabulary, the model spells them with ordinary pieces.
+EOA, TA, UA = "<eoa>", "[ta]", "[ua]"
+
+# --- the released templates --------------------------------------------------------------
+
+META_INSTRUCTION = (
+    "You are an AI assistant whose name is SpeechGPT.\n"
+    "- SpeechGPT is a intrinsic cross-modal conversational language model that is developed "
+    "by Fudan University.  SpeechGPT can understand and communicate fluently with human "
+    "through speech or text chosen by the user.\n"
+    "- It can perceive cross-modal inputs and generate cross-modal outputs.\n"
+)
+"""The system text the released models were trained with (typos and double space included)."""
+
+TEMPLATE = "[Human]: {question} <eoh>. [SpeechGPT]: "
+"""One user turn; the model's answer follows it directly."""
+
+INPUT_MARKER = "This is input:"
+"""Separates an ASR/TTS instruction from its payload (the original CLI keyed on ``is input:``)."""
+
+ASR_INSTRUCTION = "Can you transcribe the speech into a written format?"
+"""An ASR instruction of SpeechInstruct's cross-modal set (shown on the project page)."""
+
+TTS_INSTRUCTION = "Try to speak out this sentence, please."
+"""A TTS instruction of SpeechInstruct's cross-modal set (the sample in the original README)."""
+
+Task = Literal["chat", "asr", "tts"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier exchange of a conversation, as plain text.
+
+    Spoken turns are given by their transcripts: replaying their units would spend the
+    2048-token context window at 50 tokens per second of audio.
+    """
+
+    user: str
+    assistant: str
+
+
+# --- units -------------------------------------------------------------------------------
+
+
+def format_units(units: Sequence[int]) -> str:
+    """Render reduced speech units as the model reads them: ``[1, 2] -> "<sosp><1><2><eosp>"``.
+
+    Raises:
+        UnitError: empty sequence, a non-integer, or a unit outside ``0..999``.
+    """
+    if isinstance(units, (str, bytes)):
+        raise UnitError("units must be a sequence of integers, not a string.")
+    try:
+        values = list(units)
+    except TypeError as exc:
+        raise UnitError(f"units must be a sequence of integers, got {type(units).__name__}.") from exc
+    if not values:
+        raise UnitError("the unit sequence is empty: the audio gave no speech units.")
+    for i, u in enumerate(values):
+        if isinstance(u, bool) or not isinstance(u, Integral):
+            raise UnitError(f"unit {i} is {u!r} ({type(u).__name__}); units are integers.")
+        if not 0 <= int(u) < NUM_UNITS:
+            raise UnitError(f"unit {i} is {int(u)}, outside the codebook 0..{NUM_UNITS - 1}.")
+    return SOSP + "".join(f"<{int(u)}>" for u in values) + EOSP
+
+
+# --- escaping ----------------------------------------------------------------------------
+
+# An opening bracket that would start a vocabulary token or a text marker: "<12>", "<sosp>",
+# "<eoh>", "<s>", "</s>", "<unk>", "<eoa>", "[Human]", "[SpeechGPT]", "[ta]", "[ua]", "[tq]".
+_FORGEABLE = re.compile(
+    r"<(?=(?:\d+|sosp|eosp|eoh|eos|eoa|s|/s|unk)>)|\[(?=(?:human|speechgpt|ta|ua|tq)\])",
+    re.IGNORECASE,
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escape_user_text(text: str) -> str:
+    """Make user text unable to forge control tokens or answer markers.
+
+    A space is inserted after the opening bracket of anything spelled like a token of the
+    vocabulary or a marker of the answer format: ``<sosp>`` becomes ``< sosp>``, ``<12>``
+    becomes ``< 12>``, ``[Human]`` becomes ``[ Human]``, ``<eoa>`` becomes ``< eoa>``. No
+    vocabulary token contains a space, so none can match across the insertion, and the text
+    stays readable ASCII that LLaMA's tokenizer splits into ordinary pieces (unlike zero-width
+    or look-alike characters, which become byte-fallback tokens the model rarely saw).
+    Matching ignores case, so ``<SOSP>`` is escaped too, although only exact spellings are
+    tokens. Lone surrogates (not encodable text, e.g. from broken JSON) become U+FFFD.
+    Other text is returned unchanged.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}.")
+    text = _SURROGATE.sub("\ufffd", text)
+    return _FORGEABLE.sub(lambda m: m.group(0) + " ", text)
+
+
+# --- questions and answers ---------------------------------------------------------------
+
+
+def asr_question(units: Sequence[int], instruction: str = ASR_INSTRUCTION) -> str:
+    """Question asking for the transcript of speech: ``"{instruction} This is input: <sosp>...<eosp>"``."""
+    return f"{escape_user_text(instruction)} {INPUT_MARKER} {format_units(units)}"
+
+
+def tts_question(text: str, instruction: str = TTS_INSTRUCTION) -> str:
+    """Question asking to speak ``text``: ``"{instruction} This is input: {text}"``."""
+    if not text.strip():
+        raise ValueError("tts: the text to speak is empty.")
+    return f"{escape_user_text(instruction)} {INPUT_MARKER} {escape_user_text(text)}"
+
+
+def chain_of_modality_answer(
+    *,
+    text: str,
+    transcript: str | None = None,
+    units: Sequence[int] | None = None,
+) -> str:
+    """The answer of one chain-of-modality turn, as the released model writes it.
+
+    The four SpeechInstruct input/output combinations::
+
+        speech in, speech out: "{transcript}; [ta] {text}; [ua] <sosp>...<eosp><eoa>"
+        speech in, text out:   "{transcript}; [ta] {text}<eoa>"
+        text in, speech out:   "[ta] {text}; [ua] <sosp>...<eosp><eoa>"
+        text in, text out:     "[ta] {text}<eoa>"
+
+    The first is the SpeechInstruct sample of the original README verbatim; the others keep
+    its separators and drop the parts that do not exist. Text parts are escaped.
+    """
+    parts: list[str] = []
+    if transcript is not None:
+        parts.append(escape_user_text(transcript))
+    parts.append(f"{TA} {escape_user_text(text)}")
+    if units is not None:
+        parts.append(f"{UA} {format_units(units)}")
+    return "; ".join(parts) + EOA
+
+
+def _question(question: str | None, units: Sequence[int] | None, task: Task | None) -> str:
+    text = question.strip() if question is not None else ""
+    if task in (None, "chat"):
+        if units is not None and text:
+            return f"{escape_user_text(text)} {format_units(units)}"
+        if units is not None:
+            return format_units(units)  # a spoken question: its units are the whole question
+        if not text:
+            raise ValueError("chat: give a question, units, or both.")
+        return escape_user_text(text)
+    if task == "asr":
+        if units is None:
+            raise ValueError("asr: give the units of the speech to transcribe.")
+        return asr_question(units, text or ASR_INSTRUCTION)
+    if task == "tts":
+        if units is not None:
+            raise ValueError("tts: give the text to speak as question, not units.")
+        return tts_question(text)
+    raise ValueError(f"task must be 'chat', 'asr' or 'tts', got {task!r}.")
+
+
+def _render(system: str, history: Sequence[Turn], question: str) -> str:
+    turns = "".join(
+        TEMPLATE.format(question=escape_user_text(t.user)) + escape_user_text(t.assistant) + EOA + "\n"
+        for t in history
+    )
+    return system + turns + TEMPLATE.format(question=question)
+
+
+def build_prompt(
+    question: str | None = None,
+    *,
+    units: Sequence[int] | None = None,
+    task: Task | None = None,
+    history: Sequence[Turn] = (),
+    system: str | None = None,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> str:
+    """Build the full prompt of one turn; the model's answer is its continuation.
+
+    Args:
+        question: the user's text (escaped here). For ``task="asr"`` an optional custom
+            instruction; for ``task="tts"`` the sentence to speak.
+        units: reduced speech units of the user's audio (``0..999``).
+        task: ``"chat"`` (default): speech and/or text in, the model chooses the answer form
+            (spoken questions get the chain-of-modality answer); ``"asr"``: transcribe
+            ``units``; ``"tts"``: speak ``question``.
+        history: earlier turns, oldest first; rendered as text with ``<eoa>`` endings.
+        system: replaces :data:`META_INSTRUCTION` (escaped; a final newline is added).
+        max_tokens: budget of prompt tokens (context window minus room for the answer).
+            Needs ``count_tokens``. Oldest turns are dropped, with a warning, until it fits.
+        count_tokens: number of tokens of a prompt string (``SpeechGPTModel.count_tokens``).
+
+    Raises:
+        ValueError: inconsistent arguments (no question, ``asr`` without units ...).
+        UnitError: invalid units.
+        PromptTooLongError: the question alone does not fit ``max_tokens``.
+    """
+    q = _question(question, units, task)
+    if system is None:
+        sys_text = META_INSTRUCTION
+    else:
+        sys_text = escape_user_text(system)
+        if not sys_text.endswith("\n"):
+            sys_text += "\n"
+    turns = list(history)
+    prompt = _render(sys_text, turns, q)
+    if max_tokens is None:
+        return prompt
+    if count_tokens is None:
+        raise ValueError("max_tokens needs count_tokens (e.g. SpeechGPTModel.count_tokens).")
+    dropped = 0
+    while (n := count_tokens(prompt)) > max_tokens and turns:
+        turns.pop(0)
+        dropped += 1
+        prompt = _render(sys_text, turns, q)
+    if n > max_tokens:
+        raise PromptTooLongError(
+            f"the prompt needs {n} tokens but only {max_tokens} are available, even without "
+            "history. Use shorter audio or text, or allow fewer new tokens for the answer."
+        )
+    if dropped:
+        warnings.warn(
+            f"dropped the {dropped} oldest conversation turn(s) to fit the prompt into "
+            f"{max_tokens} tokens.",
+            stacklevel=2,
+        )
+    return prompt
