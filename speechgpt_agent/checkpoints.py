@@ -108,7 +108,9 @@ def load_torch_checkpoint(
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
+        # weights_only refuses pickles with non-allow-listed globals ("Unsupported global");
+        # anything else (garbage bytes, bad opcodes) is simply not a checkpoint
+        if "Unsupported global" not in str(exc) and "allowed global" not in str(exc):
             raise CheckpointError(f"{what}: {path} is not a readable torch checkpoint ({exc}).") from exc
         if not trust_pickle:
             raise UnsafeCheckpointError(

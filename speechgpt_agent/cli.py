@@ -164,7 +164,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     else:
         from .vocoder import convert_vocoder
 
-        out = convert_vocoder(args.src, args.out)
+        out = convert_vocoder(args.src, args.out, trust_pickle=True)
     print(f"wrote {out}")
     return 0
 
