@@ -257,6 +257,7 @@ class TokenStream(Iterator[int]):
         generator: torch.Generator,
         stop_strings: tuple[str, ...],
         max_new_tokens: int,
+        extra_processors: Sequence[Any] = (),
     ) -> None:
         from transformers.cache_utils import DynamicCache
 
@@ -267,6 +268,7 @@ class TokenStream(Iterator[int]):
         self._window = 8 + 4 * max((len(s) for s in stop_strings), default=0)
         self._max_new = max_new_tokens
         self._processors: Any = None  # built at the first step, on the logits' device
+        self._extra_processors = tuple(extra_processors)
         self._cache: Any = DynamicCache(config=owner.model.config)
         self._sequence = prompt
         self._next_input = prompt
@@ -315,6 +317,7 @@ class TokenStream(Iterator[int]):
             if self._processors is None:
                 self._processors = self._owner._logits_processors(
                     self._options, self.prompt_tokens, logits.device)
+                self._processors.extend(self._extra_processors)
             scores = self._processors(self._sequence, logits)
             if self._options.do_sample:
                 # drawn on the CPU: one small copy per token, and the same seed gives the
@@ -646,6 +649,7 @@ class SpeechGPTModel:
         *,
         seed: int | None = None,
         stop_strings: Sequence[str] = (EOA,),
+        logits_processors: Sequence[Any] = (),
     ) -> TokenStream:
         """Sample the continuation of one prompt, token by token.
 
@@ -657,6 +661,9 @@ class SpeechGPTModel:
                 options give the same tokens. ``None`` draws a fresh seed.
             stop_strings: texts that end the generation once the decoded tokens spell them
                 (default ``<eoa>``, the end of a SpeechGPT answer, which is several tokens).
+            logits_processors: transformers ``LogitsProcessor``s applied after the sampling
+                warpers, e.g. to constrain decoding (``(input_ids [1, T], scores [1, V]) ->
+                scores``).
 
         Returns:
             A :class:`TokenStream`; nothing is computed until it is iterated. Generation
@@ -689,7 +696,7 @@ class SpeechGPTModel:
         else:
             generator.manual_seed(int(seed))
         return TokenStream(self, ids.to(device), opts, generator, tuple(stop_strings),
-                           min(opts.max_new_tokens, room))
+                           min(opts.max_new_tokens, room), logits_processors)
 
     # -- description --
 

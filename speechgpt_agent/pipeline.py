@@ -1,0 +1,419 @@
+"""One SpeechGPT turn, end to end and streamed (DESIGN.md section 4).
+
+    audio -> audio.load_audio -> SpeechTokenizer (units) -> prompt.build_prompt
+          -> SpeechGPTModel.generate_stream (token ids) -> StreamParser (events)
+          -> StreamingVocoder (AudioChunk, while generation continues) -> Response
+
+:meth:`SpeechGPT.chat` is :meth:`SpeechGPT.stream` run to the end, so both give the same
+answer for the same seed, and the answer's audio equals offline synthesis of its units.
+
+Concurrency: one :class:`SpeechGPT` serves many threads and asyncio tasks. Turns are
+serialised by a lock held while a turn generates (the KV cache and the GPU are the
+scarce resources, and a second concurrent decode would only slow both); audio decoding
+and unit extraction of a waiting caller happen before it queues for the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterator, Literal, Sequence
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, AudioSource
+from .errors import SpeechGPTError
+from .model import DEFAULT_ADAPTER, DEFAULT_MODEL, GenerationOptions, SpeechGPTModel
+from .parse import Done, TextDelta, TranscriptDelta, Units
+from .prompt import Turn, build_prompt
+
+Output = Literal["text", "speech", "both"]
+Task = Literal["chat", "asr", "tts"]
+PathLike = str | os.PathLike
+
+__all__ = [
+    "AudioChunk",
+    "Completed",
+    "Response",
+    "SpeechGPT",
+    "StreamEvent",
+    "Usage",
+]
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """A piece of the spoken answer.
+
+    Attributes:
+        samples: float32 PCM in [-1, 1], mono.
+        sample_rate: Hz (16000 for the released vocoder).
+        offset: index of the first sample within the whole answer.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one turn."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Response:
+    """The whole answer of one turn.
+
+    Attributes:
+        transcript: the model's transcript of the user's speech (chain of modality), or "".
+        text: the text answer.
+        units: speech units of the spoken answer (``0..999``).
+        audio: float32 PCM of the spoken answer, or ``None`` when speech was not asked
+            for (``output="text"``) or the answer has no units.
+        sample_rate: Hz of ``audio``.
+        usage: token counts.
+        finish_reason: ``"stop"`` (``<eoa>`` / eos), ``"length"`` or ``"cancelled"``.
+        complete: the answer ended with ``<eoa>``.
+        input_units: units of the user's audio, if any.
+    """
+
+    transcript: str
+    text: str
+    units: tuple[int, ...]
+    audio: np.ndarray | None
+    sample_rate: int
+    usage: Usage
+    finish_reason: str
+    complete: bool
+    input_units: tuple[int, ...] = ()
+
+    @property
+    def duration(self) -> float:
+        """Seconds of the spoken answer (0 without audio)."""
+        return 0.0 if self.audio is None else len(self.audio) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The last event of :meth:`SpeechGPT.stream`: the whole :class:`Response`."""
+
+    response: Response
+
+
+StreamEvent = TranscriptDelta | TextDelta | Units | AudioChunk | Completed
+
+
+@dataclass
+class _Turn:
+    """A prepared turn: its prompt, the parser role of its first segment, its input units."""
+
+    prompt: str
+    first_segment: Literal["auto", "transcript", "text"]
+    input_units: tuple[int, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SpeechGPT:
+    """SpeechGPT that listens, answers and speaks in one stream.
+
+    Args:
+        model: the language model.
+        speech_tokenizer: speech -> units (:class:`~speechgpt_agent.units.SpeechTokenizer`);
+            needed for audio input.
+        vocoder: units -> speech (:class:`~speechgpt_agent.vocoder.UnitVocoder`); needed for
+            spoken output.
+    """
+
+    def __init__(self, model: SpeechGPTModel, speech_tokenizer: Any = None, vocoder: Any = None) -> None:
+        self.model = model
+        self.speech_tokenizer = speech_tokenizer
+        self.vocoder = vocoder
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: PathLike = DEFAULT_MODEL,
+        adapter: PathLike | None = DEFAULT_ADAPTER,
+        *,
+        speech_tokenizer: PathLike | None = "voidful/mhubert-base",
+        kmeans: PathLike | None = None,
+        vocoder: PathLike | None = None,
+        quantization: Literal["nf4", "int8"] | None = "nf4",
+        device_map: Any = None,
+        dtype: Any = None,
+        device: str | None = None,
+        trust_pickle: bool = False,
+        progress: bool = True,
+    ) -> SpeechGPT:
+        """Load the whole model set (each part a hub id or a local path).
+
+        Args:
+            model, adapter, quantization, device_map, dtype: see
+                :meth:`SpeechGPTModel.from_pretrained`.
+            speech_tokenizer: mHuBERT folder or hub id; ``None`` for a text-only model.
+            kmeans: k-means file (default: the one beside ``speech_tokenizer``).
+            vocoder: vocoder folder or hub id (default: the released unit HiFi-GAN);
+                pass ``""`` to load none (text output only).
+            device: device of the speech tokenizer and vocoder (default CUDA if available).
+            trust_pickle: allow the upstream pickled k-means (see ``speechgpt-agent convert``).
+            progress: progress bars while downloading and loading.
+        """
+        from .units import SpeechTokenizer
+        from .vocoder import DEFAULT_VOCODER, UnitVocoder
+
+        st = None
+        if speech_tokenizer:
+            st = SpeechTokenizer.from_pretrained(
+                speech_tokenizer, kmeans, device=device, trust_pickle=trust_pickle
+            )
+        voc = None
+        if vocoder != "":
+            voc = UnitVocoder.from_pretrained(vocoder or DEFAULT_VOCODER, device=device)
+        lm = SpeechGPTModel.from_pretrained(
+            model, adapter, quantization=quantization, device_map=device_map, dtype=dtype, progress=progress
+        )
+        return cls(lm, st, voc)
+
+    # ------------------------------------------------------------------ preparing a turn
+
+    def _prepare(
+        self,
+        text: str | None,
+        audio: AudioSource | None,
+        sample_rate: int | None,
+        task: Task | None,
+        history: Sequence[Turn],
+        system: str | None,
+        options: GenerationOptions,
+    ) -> _Turn:
+        units: tuple[int, ...] = ()
+        if audio is not None:
+            if self.speech_tokenizer is None:
+                raise SpeechGPTError(
+                    "this SpeechGPT has no speech tokenizer, so it cannot take audio: load it "
+                    "with speech_tokenizer=... (an mHuBERT folder or hub id)."
+                )
+            units = tuple(self.speech_tokenizer.encode(audio, sample_rate).units)
+        if text is None and not units:
+            raise ValueError("give the turn some text, some audio, or both.")
+        task = task or "chat"
+        if task == "tts" and units:
+            raise ValueError("task='tts' speaks text: pass text, not audio.")
+        budget = self.model.context_length - min(options.max_new_tokens, self.model.context_length // 2)
+        prompt = build_prompt(
+            text,
+            units=units or None,
+            task=task,
+            history=history,
+            system=system,
+            max_tokens=budget,
+            count_tokens=self.model.count_tokens,
+        )
+        if task == "chat" and units and not text:
+            first: Literal["auto", "transcript", "text"] = "transcript"
+        elif task == "chat" and units:
+            first = "auto"
+        else:
+            first = "text"
+        return _Turn(prompt, first, units)
+
+    # ------------------------------------------------------------------ the turn
+
+    def stream(
+        self,
+        text: str | None = None,
+        audio: AudioSource | None = None,
+        *,
+        sample_rate: int | None = None,
+        task: Task | None = None,
+        output: Output = "both",
+        history: Sequence[Turn] = (),
+        system: str | None = None,
+        options: GenerationOptions | None = None,
+        seed: int | None = None,
+        logits_processors: Sequence[Any] = (),
+    ) -> Iterator[StreamEvent]:
+        """Run one turn, yielding events as the model generates.
+
+        Args:
+            text: the user's text (escaped: it can never forge control tokens). With
+                ``task="tts"``, the sentence to speak; with ``task="asr"``, an optional
+                instruction.
+            audio: the user's speech: anything :func:`~speechgpt_agent.audio.load_audio`
+                takes (path, bytes, base64, file object, array with ``sample_rate``).
+            sample_rate: Hz of ``audio`` when it is an array.
+            task: ``"chat"`` (default), ``"asr"`` (transcribe ``audio``), ``"tts"`` (speak ``text``).
+            output: ``"text"`` (no vocoding), ``"speech"`` or ``"both"``: whether spoken
+                units are turned into :class:`AudioChunk` events.
+            history: earlier turns, oldest first (dropped oldest-first, with a warning, to fit
+                the context window).
+            system: replaces the original meta instruction.
+            options: sampling settings (default: the original CLI's).
+            seed: makes sampling reproducible.
+            logits_processors: transformers ``LogitsProcessor``s to constrain decoding.
+
+        Yields:
+            :class:`TranscriptDelta`, :class:`TextDelta`, :class:`Units` and
+            :class:`AudioChunk` events as they become available, then one :class:`Completed`.
+
+        Raises:
+            AudioError, UnitError, PromptTooLongError, ValueError: bad input, before any
+            event is yielded.
+        """
+        if output not in ("text", "speech", "both"):
+            raise ValueError(f"output must be 'text', 'speech' or 'both', got {output!r}.")
+        opts = options or GenerationOptions()
+        turn = self._prepare(text, audio, sample_rate, task, history, system, opts)
+        input_ids = self.model.encode(turn.prompt)
+        tokens = self.model.generate_stream(input_ids, opts, seed=seed, logits_processors=logits_processors)
+        return self._run(turn, tokens, output)
+
+    def _run(self, turn: _Turn, tokens: Any, output: Output) -> Iterator[StreamEvent]:
+        speak = output != "text" and self.vocoder is not None
+        if output == "speech" and self.vocoder is None:
+            raise SpeechGPTError("output='speech' needs a vocoder: load SpeechGPT with vocoder=....")
+        parser = self.model.stream_parser(first_segment=turn.first_segment)
+        sample_rate = self.vocoder.sample_rate if self.vocoder is not None else SAMPLE_RATE
+        audio_parts: list[np.ndarray] = []
+        offset = 0
+
+        def chunk(samples: np.ndarray) -> AudioChunk | None:
+            nonlocal offset
+            if samples.size == 0:
+                return None
+            audio_parts.append(samples)
+            out = AudioChunk(samples, sample_rate, offset)
+            offset += samples.size
+            return out
+
+        with self._lock:
+            vocoder_stream = self.vocoder.stream() if speak else None
+            try:
+                done: Done | None = None
+                for tid in tokens:
+                    for event in parser.feed(tid):
+                        yield event
+                        if isinstance(event, Units) and vocoder_stream is not None:
+                            piece = chunk(vocoder_stream.push(list(event.ids)))
+                            if piece is not None:
+                                yield piece
+                    if parser.done:
+                        tokens.close()
+                        break
+                reason = tokens.finish_reason or "stop"
+                if reason == "cancelled" and parser.done:
+                    reason = "stop"
+                for event in parser.close(reason):
+                    if isinstance(event, Done):
+                        done = event
+                        continue
+                    yield event
+                    if isinstance(event, Units) and vocoder_stream is not None:
+                        piece = chunk(vocoder_stream.push(list(event.ids)))
+                        if piece is not None:
+                            yield piece
+                if vocoder_stream is not None:
+                    piece = chunk(vocoder_stream.flush())
+                    if piece is not None:
+                        yield piece
+            finally:
+                tokens.close()
+        assert done is not None
+        audio = np.concatenate(audio_parts) if audio_parts else None
+        if speak and audio is None and done.units == ():
+            audio = None
+        usage = Usage(tokens.prompt_tokens, len(tokens.tokens))
+        yield Completed(
+            Response(
+                transcript=done.transcript,
+                text=done.text,
+                units=tuple(done.units),
+                audio=audio,
+                sample_rate=sample_rate,
+                usage=usage,
+                finish_reason=done.finish_reason,
+                complete=done.complete,
+                input_units=turn.input_units,
+            )
+        )
+
+    def chat(self, text: str | None = None, audio: AudioSource | None = None, **kwargs: Any) -> Response:
+        """Run one turn to the end; same arguments as :meth:`stream`.
+
+        Returns:
+            The :class:`Response` (identical to the one :meth:`stream` ends with).
+        """
+        response = None
+        for event in self.stream(text, audio, **kwargs):
+            if isinstance(event, Completed):
+                response = event.response
+        assert response is not None
+        return response
+
+    def transcribe(self, audio: AudioSource, *, sample_rate: int | None = None, **kwargs: Any) -> str:
+        """SpeechGPT's own ASR: the transcript of ``audio`` (task ``"asr"``)."""
+        return self.chat(audio=audio, sample_rate=sample_rate, task="asr", output="text", **kwargs).text
+
+    def speak(self, text: str, **kwargs: Any) -> Response:
+        """SpeechGPT's own TTS: ``text`` spoken (task ``"tts"``); the audio is in ``.audio``."""
+        return self.chat(text, task="tts", output="speech", **kwargs)
+
+    # ------------------------------------------------------------------ asyncio
+
+    async def astream(
+        self, text: str | None = None, audio: AudioSource | None = None, **kwargs: Any
+    ) -> AsyncIterator[StreamEvent]:
+        """:meth:`stream` for asyncio: generation runs in a worker thread, events arrive here.
+
+        Cancelling the consuming task cancels the generation at its next token.
+        """
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(None, lambda: self.stream(text, audio, **kwargs))
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        sentinel = object()
+        stop = threading.Event()
+
+        def pump() -> None:
+            try:
+                for event in events:
+                    if stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+            except BaseException as exc:  # delivered to the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                events.close()
+                loop.call_soon_threadsafe(queue.put_nowait, sentinel)
+
+        worker = loop.run_in_executor(None, pump)
+        try:
+            while True:
+                item = await queue.get()
+                if item is sentinel:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            await asyncio.shield(worker)
+
+    async def achat(self, text: str | None = None, audio: AudioSource | None = None, **kwargs: Any) -> Response:
+        """:meth:`chat` for asyncio."""
+        response = None
+        async for event in self.astream(text, audio, **kwargs):
+            if isinstance(event, Completed):
+                response = event.response
+        assert response is not None
+        return response
