@@ -45,9 +45,12 @@ def make_tiny_model_set(folder: str | os.PathLike, *, seed: int = 0) -> TinyMode
     make_tiny_speechgpt(paths.model, seed=seed)
     make_tiny_lora_adapter(paths.model, paths.adapter, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
-        # 12 layers like mHuBERT base, so the default layer 11 applies; tiny widths
+        # 12 layers like mHuBERT base, so the default layer 11 applies; tiny widths.
+        # Pre-LN layers: a random post-LN stack (mHuBERT's kind) collapses its features to
+        # nearly one point by layer 11, and every clip would become a single unit.
         ckpt = make_fairseq_hubert_checkpoint(
-            Path(tmp) / "mhubert_base_vp_en_es_fr_it3.pt", seed=seed, encoder_layers=12
+            Path(tmp) / "mhubert_base_vp_en_es_fr_it3.pt", seed=seed, encoder_layers=12,
+            layer_norm_first=True,
         )
         convert_fairseq_hubert(ckpt, paths.speech_tokenizer, trust_pickle=True)
         # fit the k-means on the tiny HuBERT's own features, as the real one was fitted on
