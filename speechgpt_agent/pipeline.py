@@ -113,6 +113,48 @@ class Completed:
 StreamEvent = TranscriptDelta | TextDelta | Units | AudioChunk | Completed
 
 
+DEFAULT_AUDIO_CHUNK_UNITS = 16
+
+
+class _VocoderFeed:
+    """Hands generated units to a :class:`StreamingVocoder` in blocks.
+
+    Pushing every unit alone costs one call per vocoder layer per unit. Until the first
+    audio has left, units go in small blocks of ``FIRST_BLOCK`` (the vocoder emits as soon
+    as its look-ahead is covered, which with real durations of 1-3 frames per unit comes
+    well before the worst-case ``lookahead_units``); afterwards ``chunk_units`` at a time.
+    """
+
+    FIRST_BLOCK = 4
+
+    def __init__(self, stream: Any, chunk_units: int) -> None:
+        self.stream = stream
+        self.pending: list[int] = []
+        self.chunk_units = chunk_units
+        self.offset = 0
+
+    def _emit(self, samples: np.ndarray) -> AudioChunk | None:
+        if samples.size == 0:
+            return None
+        chunk = AudioChunk(samples, self.stream.sample_rate, self.offset)
+        self.offset += samples.size
+        return chunk
+
+    def push(self, units: Sequence[int]) -> AudioChunk | None:
+        self.pending.extend(units)
+        block = self.FIRST_BLOCK if self.offset == 0 else self.chunk_units
+        if len(self.pending) < block:
+            return None
+        units, self.pending = self.pending, []
+        return self._emit(self.stream.push(units))
+
+    def flush(self) -> AudioChunk | None:
+        parts = [self.stream.push(self.pending)] if self.pending else []
+        self.pending = []
+        parts.append(self.stream.flush())
+        return self._emit(np.concatenate(parts))
+
+
 @dataclass
 class _Turn:
     """A prepared turn: its prompt, the parser role of its first segment, its input units."""
@@ -243,6 +285,7 @@ class SpeechGPT:
         options: GenerationOptions | None = None,
         seed: int | None = None,
         logits_processors: Sequence[Any] = (),
+        audio_chunk_units: int | None = None,
     ) -> Iterator[StreamEvent]:
         """Run one turn, yielding events as the model generates.
 
@@ -262,6 +305,10 @@ class SpeechGPT:
             options: sampling settings (default: the original CLI's).
             seed: makes sampling reproducible.
             logits_processors: transformers ``LogitsProcessor``s to constrain decoding.
+            audio_chunk_units: units handed to the streaming vocoder at a time after the
+                first chunk (default 16 = about 0.5 s of speech). The first chunk goes as
+                soon as the vocoder's look-ahead is covered; smaller values lower the
+                latency between chunks, larger ones the per-call overhead.
 
         Yields:
             :class:`TranscriptDelta`, :class:`TextDelta`, :class:`Units` and
@@ -271,43 +318,41 @@ class SpeechGPT:
             AudioError, UnitError, PromptTooLongError, ValueError: bad input, before any
             event is yielded.
         """
+        if audio_chunk_units is not None and audio_chunk_units < 1:
+            raise ValueError(f"audio_chunk_units must be >= 1, got {audio_chunk_units}.")
         if output not in ("text", "speech", "both"):
             raise ValueError(f"output must be 'text', 'speech' or 'both', got {output!r}.")
         opts = options or GenerationOptions()
         turn = self._prepare(text, audio, sample_rate, task, history, system, opts)
         input_ids = self.model.encode(turn.prompt)
         tokens = self.model.generate_stream(input_ids, opts, seed=seed, logits_processors=logits_processors)
-        return self._run(turn, tokens, output)
+        return self._run(turn, tokens, output, DEFAULT_AUDIO_CHUNK_UNITS if audio_chunk_units is None
+                         else audio_chunk_units)
 
-    def _run(self, turn: _Turn, tokens: Any, output: Output) -> Iterator[StreamEvent]:
+    def _run(self, turn: _Turn, tokens: Any, output: Output, chunk_units: int) -> Iterator[StreamEvent]:
         speak = output != "text" and self.vocoder is not None
         if output == "speech" and self.vocoder is None:
             raise SpeechGPTError("output='speech' needs a vocoder: load SpeechGPT with vocoder=....")
         parser = self.model.stream_parser(first_segment=turn.first_segment)
         sample_rate = self.vocoder.sample_rate if self.vocoder is not None else SAMPLE_RATE
         audio_parts: list[np.ndarray] = []
-        offset = 0
-
-        def chunk(samples: np.ndarray) -> AudioChunk | None:
-            nonlocal offset
-            if samples.size == 0:
-                return None
-            audio_parts.append(samples)
-            out = AudioChunk(samples, sample_rate, offset)
-            offset += samples.size
-            return out
 
         with self._lock:
-            vocoder_stream = self.vocoder.stream() if speak else None
+            feed = _VocoderFeed(self.vocoder.stream(), chunk_units) if speak else None
+
+            def handle(event: Any) -> Iterator[StreamEvent]:
+                yield event
+                if isinstance(event, Units) and feed is not None:
+                    piece = feed.push(event.ids)
+                    if piece is not None:
+                        audio_parts.append(piece.samples)
+                        yield piece
+
             try:
                 done: Done | None = None
                 for tid in tokens:
                     for event in parser.feed(tid):
-                        yield event
-                        if isinstance(event, Units) and vocoder_stream is not None:
-                            piece = chunk(vocoder_stream.push(list(event.ids)))
-                            if piece is not None:
-                                yield piece
+                        yield from handle(event)
                     if parser.done:
                         tokens.close()
                         break
@@ -317,22 +362,17 @@ class SpeechGPT:
                 for event in parser.close(reason):
                     if isinstance(event, Done):
                         done = event
-                        continue
-                    yield event
-                    if isinstance(event, Units) and vocoder_stream is not None:
-                        piece = chunk(vocoder_stream.push(list(event.ids)))
-                        if piece is not None:
-                            yield piece
-                if vocoder_stream is not None:
-                    piece = chunk(vocoder_stream.flush())
+                    else:
+                        yield from handle(event)
+                if feed is not None:
+                    piece = feed.flush()
                     if piece is not None:
+                        audio_parts.append(piece.samples)
                         yield piece
             finally:
                 tokens.close()
         assert done is not None
         audio = np.concatenate(audio_parts) if audio_parts else None
-        if speak and audio is None and done.units == ():
-            audio = None
         usage = Usage(tokens.prompt_tokens, len(tokens.tokens))
         yield Completed(
             Response(
