@@ -44,6 +44,8 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     """Print ``rows`` as an aligned text table with ``columns``."""
     def fmt(v: Any) -> str:
         if isinstance(v, float):
+            if v != 0 and abs(v) < 1e-3:
+                return f"{v:.1e}"
             return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
         return str(v)
 
