@@ -425,8 +425,16 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_training(sub: argparse._SubParsersAction) -> None:
+    from .training.cli import add_data_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_data_parser(sub)
+
+
 _COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (
     _add_chat, _add_transcribe, _add_speak, _add_units, _add_vocode, _add_convert, _add_info, _add_selfcheck,
+    _add_training,
 )
 
 
