@@ -17,8 +17,28 @@ __all__ = [
     "AudioError",
     "CheckpointError",
     "ModelNotFoundError",
+    "SpeechGPT",
+    "SpeechGPTChat",
     "SpeechGPTError",
+    "SpeechToTextTool",
+    "TextToSpeechTool",
     "UnitError",
     "UnsafeCheckpointError",
+    "VoiceTurnTool",
     "__version__",
 ]
+
+# The runtime and LangChain objects load on first access: `import speechgpt_agent` stays light.
+_LANGCHAIN_EXPORTS = ("SpeechGPTChat", "SpeechToTextTool", "TextToSpeechTool", "VoiceTurnTool")
+
+
+def __getattr__(name: str):
+    if name == "SpeechGPT":
+        from .pipeline import SpeechGPT
+
+        return SpeechGPT
+    if name in _LANGCHAIN_EXPORTS:
+        from .integrations import langchain
+
+        return getattr(langchain, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

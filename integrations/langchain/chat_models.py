@@ -1,0 +1,704 @@
+"""``SpeechGPTChat``: SpeechGPT as a LangChain chat model (text and audio in, text and audio out).
+
+Quick start::
+
+    from langchain_core.messages import HumanMessage
+    from speechgpt_agent import SpeechGPTChat
+    from speechgpt_agent.integrations.langchain import message_audio
+
+    chat = SpeechGPTChat()  # fnlp/SpeechGPT-7B-cm + -com adapter, 4-bit; loaded on first use
+    reply = chat.invoke([HumanMessage([
+        {"type": "text", "text": "Please answer:"},
+        {"type": "audio", "base64": wav_b64, "mime_type": "audio/wav"},
+    ])])
+    reply.text                                    # the text answer
+    reply.response_metadata["transcript"]         # what SpeechGPT heard
+    message_audio(reply)                          # (float32 samples, 16000)
+
+Output format. An ``AIMessage`` whose ``content`` is a list of v1 content blocks: one
+``{"type": "text", "text": ...}`` and, when the answer was spoken, one
+``{"type": "audio", "base64": <16-bit PCM wav>, "mime_type": "audio/wav"}``. With
+``modalities=["text"]`` the content is a plain string. ``response_metadata`` holds
+``model_name``, ``model_provider`` (``"speechgpt"``), ``finish_reason`` (``"stop"``,
+``"length"``, ``"cancelled"``), ``transcript`` (SpeechGPT's transcript of the user's
+speech, ``""`` for text questions), ``units`` (the answer's speech units, 50 Hz frames
+merged), ``sample_rate`` and ``complete`` (the answer ended with ``<eoa>``).
+``usage_metadata`` counts prompt and answer tokens; ``input_token_details["audio"]`` and
+``output_token_details["audio"]`` count the speech-unit tokens among them.
+
+Stream format. ``stream``/``astream`` yield ``AIMessageChunk``s while the model generates:
+text deltas as ``{"type": "text", "text": delta, "index": 0}`` blocks (all with index 0, so
+that adding chunks concatenates them into one text block), and each piece of speech as soon
+as the streaming vocoder produced it, as its own block ``{"type": "audio", "base64": <wav of
+this piece>, "mime_type": "audio/wav", "index": k, "extras": {"offset": first sample,
+"sample_rate": 16000}}`` with ``k = 1, 2, ...`` (distinct indexes, so added chunks keep the
+pieces as consecutive blocks instead of merging their base64). The last chunk
+(``chunk_position="last"``) carries tool calls, usage and ``response_metadata``. With
+``modalities=["text"]`` chunks carry plain string deltas. ``stop`` sequences cut the text
+before the first of them and end generation there (so nothing after them is spoken).
+:func:`~speechgpt_agent.integrations.langchain.message_audio` joins the pieces of a summed
+stream (or the single block of an invoked message) into one array.
+
+Tools. SpeechGPT has no native tool format: :meth:`SpeechGPTChat.bind_tools` lists the tool
+schemas in the system text and asks for ``{"tool": name, "arguments": {...}}`` (see
+:mod:`.tool_calling`); the answer is parsed into ``tool_calls`` (malformed JSON into
+``invalid_tool_calls``). While a call may be under way the stream holds the text back, and
+generation ends as soon as a call is complete, so no speech is synthesized for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any, Literal
+
+import torch
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import (
+    JsonOutputKeyToolsParser,
+    PydanticToolsParser,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, Field, field_validator
+
+from speechgpt_agent.audio import SAMPLE_RATE
+from speechgpt_agent.model import DEFAULT_ADAPTER, DEFAULT_MODEL, GenerationOptions
+from speechgpt_agent.parse import TextDelta, TranscriptDelta, Units
+from speechgpt_agent.pipeline import AudioChunk, Completed, Response, SpeechGPT
+from speechgpt_agent.prompt import META_INSTRUCTION
+
+from ._runtime import RuntimeSpec, load_runtime
+from .messages import audio_block, to_turn_input
+from .tool_calling import (
+    CALL_OPENERS,
+    ParsedAnswer,
+    complete_json_at,
+    json_answer_prompt,
+    normalize_tool_choice,
+    parse_tool_calls,
+    tool_prompt,
+    tool_specs,
+)
+
+__all__ = ["SpeechGPTChat"]
+
+DEFAULT_SPEECH_TOKENIZER = "voidful/mhubert-base"
+PROVIDER = "speechgpt"
+
+Modality = Literal["text", "audio"]
+
+_CALL_KWARGS = frozenset({
+    "tools", "tool_choice", "parallel_tool_calls", "response_format", "model", "temperature",
+    "top_p", "top_k", "max_tokens", "seed", "modalities",
+})
+
+
+class _StopAfterThis:
+    """Logits processor that ends generation at the next step once :meth:`set` was called.
+
+    It implements ``stop`` sequences and the end of a complete tool call: the text that
+    follows is not wanted, so it is not generated (nor vocoded). Placed after every other
+    processor so that it wins.
+    """
+
+    def __init__(self, eos_id: int) -> None:
+        self.eos_id = eos_id
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self._event.is_set():
+            return scores
+        forced = torch.full_like(scores, float("-inf"))
+        forced[..., self.eos_id] = 0.0
+        return forced
+
+
+def _stop_holdback(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that could still grow into a stop sequence."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+class _Request:
+    """One call, prepared: the runtime, the ``SpeechGPT.stream`` arguments, tool settings."""
+
+    def __init__(self, chat: SpeechGPTChat, messages: list[BaseMessage], stop: list[str] | None,
+                 kwargs: dict[str, Any]) -> None:
+        unknown = sorted(set(kwargs) - _CALL_KWARGS)
+        if unknown:
+            raise TypeError(
+                f"SpeechGPTChat does not take {', '.join(unknown)}; per-call options are "
+                f"{', '.join(sorted(_CALL_KWARGS))}."
+            )
+        self.chat = chat
+        self.model_name = str(kwargs.get("model") or chat.model)
+        self.stops = [s for s in (stop if stop is not None else chat.stop or []) if s]
+        turn = to_turn_input(messages)
+
+        tools = kwargs.get("tools") or []
+        self.specs = tool_specs(tools) if tools else []
+        names = [s["name"] for s in self.specs]
+        self.choice = normalize_tool_choice(kwargs.get("tool_choice"), names) if self.specs else "none"
+        self.tools_active = bool(self.specs) and self.choice != "none"
+        self.forced = self.choice not in ("auto", "none")
+        self.default_tool = (self.choice if self.choice in names
+                             else names[0] if self.choice == "any" and len(names) == 1 else None)
+        self.single_call = kwargs.get("parallel_tool_calls") is False
+        self.json_answer = _response_schema(kwargs.get("response_format"))
+
+        sections = tool_prompt(self.specs, self.choice) if self.tools_active else ""
+        if self.json_answer is not None:
+            sections += json_answer_prompt(self.json_answer or None)
+        system = turn.system
+        if sections:
+            base = system if system is not None else META_INSTRUCTION
+            system = base.rstrip("\n") + "\n" + sections
+        modalities = kwargs.get("modalities") or chat.modalities
+        if "text" not in modalities:
+            raise ValueError(f"modalities must include 'text', got {modalities!r}.")
+        speak = "audio" in modalities and not self.forced and self.json_answer is None
+        self.text_only = "audio" not in modalities
+
+        self.spec = chat._spec(self.model_name)
+        self.options = chat._options(kwargs)
+        self.stream_kwargs: dict[str, Any] = {
+            "text": turn.text,
+            "audio": turn.audio,
+            "sample_rate": SAMPLE_RATE if turn.audio is not None else None,
+            "history": turn.history,
+            "system": system,
+            "output": "both" if speak else "text",
+            "options": self.options,
+            "seed": kwargs.get("seed", chat.seed),
+        }
+
+    def start(self, runtime: SpeechGPT, *, streaming: bool) -> tuple[dict[str, Any], _Answer]:
+        """``SpeechGPT.stream`` arguments of this call (fresh logits processors) and its answer."""
+        answer = _Answer(self, _StopAfterThis(runtime.model.eos_id), streaming=streaming)
+        processors = [factory() for factory in self.chat.logits_processors] + [answer.stopper]
+        return {**self.stream_kwargs, "logits_processors": processors}, answer
+
+
+def _response_schema(response_format: Any) -> dict[str, Any] | None:
+    """``{}`` for JSON mode, the schema for a JSON-schema answer, ``None`` for free text."""
+    if response_format is None:
+        return None
+    if isinstance(response_format, dict):
+        kind = response_format.get("type")
+        if kind == "json_object":
+            return {}
+        if kind == "json_schema":
+            inner = response_format.get("json_schema") or {}
+            return dict(inner.get("schema") or inner)
+        if "properties" in response_format or kind == "object":
+            return dict(response_format)
+    if isinstance(response_format, type):
+        return convert_to_json_schema(response_format)
+    raise ValueError(
+        f"response_format {response_format!r} is not supported: use {{'type': 'json_object'}}, "
+        "{'type': 'json_schema', 'json_schema': {'schema': ...}}, a JSON schema or a pydantic model."
+    )
+
+
+class _Answer:
+    """Turns the runtime's events of one turn into LangChain chunks, and into the final message.
+
+    Holds back text that could still become a stop sequence, and (with tools bound) text
+    from the first character that can open a tool call, until it is known to be plain text.
+    """
+
+    def __init__(self, request: _Request, stopper: _StopAfterThis, *, streaming: bool) -> None:
+        self.request = request
+        self.streaming = streaming
+        self.stopper = stopper
+        self.text = ""  # all text answer received, cut at a stop sequence
+        self.emitted = ""  # the part of it already streamed
+        self.stopped = False
+        self.transcript = ""
+        self.units: list[int] = []
+        self.audio_blocks: list[dict[str, Any]] = []
+        self.held_audio: list[dict[str, Any]] = []
+        self.response: Response | None = None
+
+    # -- text --
+
+    def _opener(self) -> int:
+        if not self.request.tools_active:
+            return -1
+        hits = [i for i in (self.text.find(c) for c in CALL_OPENERS) if i >= 0]
+        return min(hits) if hits else -1
+
+    def _on_text(self, delta: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += delta
+        stops = self.request.stops
+        cuts = [i for i in (self.text.find(s) for s in stops) if i >= 0]
+        if cuts:
+            self.text = self.text[: min(cuts)]
+            self.stopped = True
+            self.stopper.set()
+        end = len(self.text) - (0 if self.stopped else _stop_holdback(self.text, stops))
+        opener = self._opener()
+        if opener >= 0:
+            end = min(end, len(self.text[:opener].rstrip()))
+            if not self.stopped and any(c in delta for c in "}]") and self._call_complete(opener):
+                self.stopper.set()
+        elif self.request.json_answer is not None and "}" in delta:
+            start = self.text.find("{")
+            if start >= 0 and complete_json_at(self.text, start):
+                self.stopper.set()
+        if end <= len(self.emitted):
+            return ""
+        out = self.text[len(self.emitted): end]
+        self.emitted = self.text[:end]
+        return out
+
+    def _call_complete(self, opener: int) -> bool:
+        """Whether the JSON value at the first bracket after ``opener`` is complete and a call."""
+        start = next((i for i in range(opener, len(self.text)) if self.text[i] in "{["), -1)
+        if start < 0 or not complete_json_at(self.text, start):
+            return False
+        return bool(parse_tool_calls(self.text[start:], default_tool=self.request.default_tool).tool_calls)
+
+    def _parsed(self) -> ParsedAnswer:
+        if not self.request.tools_active:
+            return ParsedAnswer(self.text)
+        parsed = parse_tool_calls(self.text, default_tool=self.request.default_tool,
+                                  forced=self.request.forced)
+        if self.request.single_call:
+            parsed.tool_calls = parsed.tool_calls[:1]
+            parsed.invalid_tool_calls = parsed.invalid_tool_calls[: 1 - len(parsed.tool_calls)]
+        return parsed
+
+    # -- events -> chunks --
+
+    def _text_chunk(self, text: str) -> AIMessageChunk:
+        if self.request.text_only:
+            return AIMessageChunk(content=text)
+        return AIMessageChunk(content=[{"type": "text", "text": text, "index": 0}])
+
+    def feed(self, event: Any) -> list[ChatGenerationChunk]:
+        """Chunks to stream for one runtime event (often none)."""
+        if isinstance(event, TextDelta):
+            text = self._on_text(event.text)
+            return [ChatGenerationChunk(message=self._text_chunk(text))] if text else []
+        if isinstance(event, TranscriptDelta):
+            self.transcript += event.text
+        elif isinstance(event, Units):
+            self.units.extend(event.ids)
+        elif isinstance(event, AudioChunk) and self.streaming:
+            block = audio_block(event.samples, event.sample_rate, offset=event.offset,
+                                sample_rate=event.sample_rate)
+            block["index"] = len(self.audio_blocks) + len(self.held_audio) + 1
+            if self._opener() >= 0:  # maybe a spoken tool call: decided at the end
+                self.held_audio.append(block)
+            else:
+                self.audio_blocks.append(block)
+                return [ChatGenerationChunk(message=AIMessageChunk(content=[block]))]
+        elif isinstance(event, Completed):
+            self.response = event.response
+        return []
+
+    def last_chunk(self) -> ChatGenerationChunk:
+        """The final chunk: the rest of the text, tool calls, usage and metadata."""
+        parsed = self._parsed()
+        content: list[Any] | str = [] if not self.request.text_only else ""
+        rest = parsed.content[len(self.emitted):] if parsed.content.startswith(self.emitted) else ""
+        if rest:
+            content = rest if self.request.text_only else [{"type": "text", "text": rest, "index": 0}]
+        if not parsed.tool_calls and not parsed.invalid_tool_calls and self.held_audio:
+            assert isinstance(content, list)
+            content.extend(self.held_audio)
+        chunks = [tool_call_chunk(name=name, args=args, id=call_id, index=i)
+                  for i, (name, args, call_id) in enumerate(parsed.stream_args())]
+        return ChatGenerationChunk(message=AIMessageChunk(
+            content=content,
+            tool_call_chunks=chunks,
+            usage_metadata=self._usage(),
+            response_metadata=self._metadata(),
+            chunk_position="last",
+        ))
+
+    def message(self) -> AIMessage:
+        """The whole answer as one message (``invoke``)."""
+        parsed = self._parsed()
+        calls = parsed.tool_calls or parsed.invalid_tool_calls
+        audio = None if self.response is None or calls else self.response.audio
+        if self.request.text_only:
+            content: str | list[Any] = parsed.content
+        else:
+            keep_text = parsed.content or (audio is None and not calls)
+            content = [{"type": "text", "text": parsed.content}] if keep_text else []
+            if audio is not None:
+                content.append(audio_block(audio, self.response.sample_rate))  # type: ignore[union-attr]
+        return AIMessage(
+            content=content,
+            tool_calls=parsed.tool_calls,
+            invalid_tool_calls=parsed.invalid_tool_calls,
+            usage_metadata=self._usage(),
+            response_metadata=self._metadata(),
+        )
+
+    def _usage(self) -> UsageMetadata:
+        r = self.response
+        prompt, completion = (r.usage.prompt_tokens, r.usage.completion_tokens) if r else (0, 0)
+        return UsageMetadata(
+            input_tokens=prompt,
+            output_tokens=completion,
+            total_tokens=prompt + completion,
+            input_token_details={"audio": len(r.input_units) if r else 0},
+            output_token_details={"audio": len(r.units) if r else 0},
+        )
+
+    def _metadata(self) -> dict[str, Any]:
+        r = self.response
+        reason = r.finish_reason if r else "cancelled"
+        if self.stopped:
+            reason = "stop"
+        return {
+            "model_name": self.request.model_name,
+            "model_provider": PROVIDER,
+            "finish_reason": reason,
+            "transcript": r.transcript if r else self.transcript,
+            "units": list(r.units) if r else list(self.units),
+            "sample_rate": r.sample_rate if r else SAMPLE_RATE,
+            "complete": bool(r and r.complete),
+        }
+
+
+class SpeechGPTChat(BaseChatModel):
+    """SpeechGPT (Zhang et al., 2023) as a LangChain chat model: hears and speaks.
+
+    ``SpeechGPTChat()`` uses the released model set (``fnlp/SpeechGPT-7B-cm`` with the
+    ``fnlp/SpeechGPT-7B-com`` chain-of-modality adapter, 4-bit NF4; the mHuBERT speech
+    tokenizer and the unit HiFi-GAN vocoder). Every part is a hub id or a local folder.
+    Nothing is loaded until the first call, and instances naming the same weights share one
+    loaded model (so ``bind_tools`` copies, agents and tools cost no memory).
+
+    Input: system, human, AI and tool messages; human messages hold text and audio content
+    blocks (v1 ``audio`` blocks with base64 or a data/file/http URL, OpenAI ``input_audio``
+    blocks, legacy ``source_type`` blocks). Output and stream formats: see the module
+    docstring of :mod:`speechgpt_agent.integrations.langchain.chat_models`.
+
+    Example::
+
+        chat = SpeechGPTChat(model="/models/SpeechGPT-7B-cm", adapter="/models/SpeechGPT-7B-com",
+                             speech_tokenizer="/models/mhubert-base", vocoder="/models/vocoder")
+        for chunk in chat.stream("Tell me about the sea."):
+            ...
+    """
+
+    # -- weights --
+    model: str = DEFAULT_MODEL
+    """Language model: hub id or folder in the ``fnlp/SpeechGPT-7B-cm`` layout."""
+    adapter: str | None = DEFAULT_ADAPTER
+    """peft LoRA adapter (hub id or folder), e.g. one made by ``speechgpt-agent train``; ``None`` for none."""
+    speech_tokenizer: str | None = DEFAULT_SPEECH_TOKENIZER
+    """mHuBERT speech tokenizer (hub id or folder); ``None`` for a model that takes no audio."""
+    kmeans: str | None = None
+    """k-means file of the speech tokenizer (default: the one beside it)."""
+    vocoder: str | None = None
+    """Unit HiFi-GAN vocoder (hub id or folder); ``None`` for the released one, ``""`` for none."""
+    quantization: Literal["nf4", "int8"] | None = "nf4"
+    """Weights of the language model: 4-bit NF4 (about 4 GB for 7B), LLM.int8 or unquantized."""
+    device_map: str | None = None
+    """transformers ``device_map`` of the language model (default: the GPU if any, else CPU)."""
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    """Compute dtype of the language model (default bfloat16; float16 for int8)."""
+    device: str | None = None
+    """Device of the speech tokenizer and vocoder (default: the GPU if any)."""
+    trust_pickle: bool = False
+    """Allow the upstream pickled k-means file (prefer ``speechgpt-agent convert`` once)."""
+
+    # -- what to produce --
+    modalities: list[Modality] = Field(default_factory=lambda: ["text", "audio"])
+    """``["text", "audio"]``: answers are also spoken; ``["text"]``: text only (no vocoder work)."""
+    temperature: float = 0.7
+    """Sampling temperature; 0 decodes greedily. The default is the original CLI's."""
+    top_p: float = 0.8
+    """Nucleus sampling mass (the original CLI's)."""
+    top_k: int = 50
+    """Top-k sampling (the original CLI's); 0 disables it."""
+    max_tokens: int = 2048
+    """Most tokens generated per answer (text and speech units together; 50 units per second)."""
+    min_new_tokens: int = 10
+    """Fewest tokens generated before the answer may end (the original CLI's 10)."""
+    repetition_penalty: float = 1.0
+    """transformers repetition penalty (1.0: none)."""
+    seed: int | None = None
+    """Makes sampling reproducible; ``None`` draws a fresh seed per call."""
+    stop: list[str] | None = None
+    """Stop sequences: the text answer ends before the first of them (generation stops there)."""
+    streaming: bool = False
+    """Use the streaming path for ``invoke`` too (callbacks then see every token)."""
+    logits_processors: list[Callable[[], Any]] = Field(default_factory=list, exclude=True)
+    """Constrained decoding: factories called once per generation, each returning a
+    transformers ``LogitsProcessor`` (``(input_ids [1, T], scores [1, V]) -> scores``).
+    Factories, not processors, because constraint processors (grammars, forced answers) keep
+    per-generation state. Not serialized."""
+
+    @field_validator("model", "adapter", "speech_tokenizer", "kmeans", "vocoder", mode="before")
+    @classmethod
+    def _path_to_str(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("modalities")
+    @classmethod
+    def _check_modalities(cls, value: list[str]) -> list[str]:
+        if "text" not in value:
+            raise ValueError("modalities must include 'text' (SpeechGPT always writes its answer).")
+        return value
+
+    @field_validator("temperature")
+    @classmethod
+    def _check_temperature(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"temperature must be >= 0 (0 decodes greedily), got {value}.")
+        return value
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _check_max_tokens(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {value}.")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        self._options({})  # validate top_p, top_k, repetition_penalty ... now, not at the first call
+
+    # -- LangChain plumbing --
+
+    @property
+    def _llm_type(self) -> str:
+        return "speechgpt-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "adapter": self.adapter, "speech_tokenizer": self.speech_tokenizer,
+            "kmeans": self.kmeans, "vocoder": self.vocoder, "quantization": self.quantization,
+            "modalities": list(self.modalities), "temperature": self.temperature,
+            "top_p": self.top_p, "top_k": self.top_k, "max_tokens": self.max_tokens,
+            "min_new_tokens": self.min_new_tokens, "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider=PROVIDER,
+            ls_model_name=str(kwargs.get("model") or self.model),
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # -- the runtime --
+
+    def _spec(self, model: str | None = None) -> RuntimeSpec:
+        return RuntimeSpec(
+            model=model or self.model, adapter=self.adapter, speech_tokenizer=self.speech_tokenizer,
+            kmeans=self.kmeans, vocoder=self.vocoder, quantization=self.quantization,
+            device_map=self.device_map, dtype=self.dtype, device=self.device,
+            trust_pickle=self.trust_pickle,
+        )
+
+    @property
+    def runtime(self) -> SpeechGPT:
+        """The loaded :class:`~speechgpt_agent.pipeline.SpeechGPT` (loaded now if needed, shared)."""
+        return load_runtime(self._spec())
+
+    def _options(self, kwargs: dict[str, Any]) -> GenerationOptions:
+        temperature = float(kwargs.get("temperature", self.temperature))
+        max_new = int(kwargs.get("max_tokens", self.max_tokens))
+        return GenerationOptions(
+            max_new_tokens=max_new,
+            min_new_tokens=min(self.min_new_tokens, max_new),
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else 1.0,
+            top_p=float(kwargs.get("top_p", self.top_p)),
+            top_k=int(kwargs.get("top_k", self.top_k)),
+            repetition_penalty=self.repetition_penalty,
+        )
+
+    # -- generation --
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        request = _Request(self, messages, stop, kwargs)
+        runtime = load_runtime(request.spec)
+        stream_kwargs, answer = request.start(runtime, streaming=False)
+        events = runtime.stream(**stream_kwargs)
+        try:
+            for event in events:
+                answer.feed(event)
+        finally:
+            events.close()
+        return ChatResult(generations=[ChatGeneration(message=answer.message())])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        request = _Request(self, messages, stop, kwargs)
+        runtime = load_runtime(request.spec)
+        stream_kwargs, answer = request.start(runtime, streaming=True)
+        events = runtime.stream(**stream_kwargs)
+        try:
+            for event in events:
+                for chunk in answer.feed(event):
+                    if run_manager is not None:
+                        run_manager.on_llm_new_token(chunk.message.text, chunk=chunk)
+                    yield chunk
+        finally:
+            events.close()
+        yield answer.last_chunk()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        loop = asyncio.get_running_loop()
+        request = await loop.run_in_executor(None, _Request, self, messages, stop, kwargs)
+        runtime = await loop.run_in_executor(None, load_runtime, request.spec)
+        stream_kwargs, answer = request.start(runtime, streaming=True)
+        events = runtime.astream(**stream_kwargs)
+        try:
+            async for event in events:
+                for chunk in answer.feed(event):
+                    if run_manager is not None:
+                        await run_manager.on_llm_new_token(chunk.message.text, chunk=chunk)
+                    yield chunk
+        finally:
+            await events.aclose()
+        yield answer.last_chunk()
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        loop = asyncio.get_running_loop()
+        request = await loop.run_in_executor(None, _Request, self, messages, stop, kwargs)
+        runtime = await loop.run_in_executor(None, load_runtime, request.spec)
+        stream_kwargs, answer = request.start(runtime, streaming=False)
+        events = runtime.astream(**stream_kwargs)
+        try:
+            async for event in events:
+                answer.feed(event)
+        finally:
+            await events.aclose()
+        return ChatResult(generations=[ChatGeneration(message=answer.message())])
+
+    # -- tools and structured output --
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[Any, AIMessage]:
+        """Offer tools to the model through the prompt (see :mod:`.tool_calling`).
+
+        Args:
+            tools: ``BaseTool``s, functions, pydantic models, TypedDicts or JSON schemas.
+            tool_choice: ``"auto"`` (default), ``"none"``, ``"any"``/``"required"`` (a call
+                is demanded) or a tool name (that tool is demanded). A demanded call is
+                asked for in the prompt; the answer is then text only (no speech).
+            parallel_tool_calls: ``False`` keeps only the first call of an answer.
+            strict: accepted for compatibility; the JSON form is not enforced by a grammar,
+                so arguments may not match the schema (validate them in the tool).
+
+        Raises:
+            ValueError: an unknown ``tool_choice``.
+        """
+        del strict
+        specs = tool_specs(tools)
+        choice = normalize_tool_choice(tool_choice, [s["name"] for s in specs])
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        return self.bind(tools=specs, tool_choice=choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[Any, dict[str, Any] | BaseModel]:
+        """Answers parsed into ``schema`` (pydantic model, TypedDict or JSON schema).
+
+        Args:
+            method: ``"json_schema"`` (default: the prompt asks for a bare JSON object that
+                matches the schema), ``"function_calling"`` (the schema becomes a demanded
+                tool) or ``"json_mode"`` (a JSON object, schema described by the caller).
+            include_raw: return ``{"raw", "parsed", "parsing_error"}`` instead of raising on
+                an answer that does not parse.
+            strict: accepted for compatibility (no grammar enforcement).
+        """
+        del strict
+        if kwargs:
+            raise ValueError(f"unsupported arguments {sorted(kwargs)}.")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        ls_format = {"kwargs": {"method": method}, "schema": schema}
+        if method == "function_calling":
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=ls_format)
+            parser: Runnable = (PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic
+                                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
+        elif method in ("json_schema", "json_mode"):
+            response_format: dict[str, Any] = (
+                {"type": "json_object"} if method == "json_mode"
+                else {"type": "json_schema", "json_schema": {"schema": convert_to_json_schema(schema)}})
+            llm = self.bind(response_format=response_format, ls_structured_output_format=ls_format)
+            parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
+        else:
+            raise ValueError(f"method must be 'json_schema', 'function_calling' or 'json_mode', got {method!r}.")
+        if not include_raw:
+            return llm | parser
+        with_parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        without = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | with_parsed.with_fallbacks([without], exception_key="parsing_error")
+

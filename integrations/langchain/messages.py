@@ -1,0 +1,376 @@
+"""LangChain messages in, SpeechGPT turns out; audio content blocks both ways.
+
+SpeechGPT reads one prompt: a system text, earlier turns as plain text, and the current
+question as text and/or speech units (DESIGN.md section 2). :func:`to_turn_input` maps a
+LangChain conversation onto it:
+
+* ``SystemMessage`` texts replace the meta instruction (joined, in order);
+* ``HumanMessage`` content: strings and ``text`` blocks, and audio in any of the forms
+  LangChain passes around:
+
+  - v1 blocks ``{"type": "audio", "base64": ..., "mime_type": "audio/wav"}`` and
+    ``{"type": "audio", "url": "data:..." | "file:///..." | "https://..." | a local path}``
+    (also ``{"type": "file", ...}`` blocks whose ``mime_type`` is ``audio/*``);
+  - OpenAI blocks ``{"type": "input_audio", "input_audio": {"data": base64, "format": "wav"}}``;
+  - legacy blocks ``{"type": "audio", "source_type": "base64" | "url", "data" | "url": ...}``.
+
+  Images, PDFs, video and other blocks raise :class:`ValueError`.
+* ``AIMessage``: its text, and its tool calls in the JSON form of
+  :mod:`.tool_calling`, become the assistant side of a turn;
+* ``ToolMessage``: ``Tool "name" returned: ...`` lines of the next user turn.
+
+Everything after the last ``AIMessage`` is the current question; its audio is decoded
+(16 kHz mono) and enters the prompt as speech units. Earlier spoken turns enter as text
+(their transcript, which the following ``AIMessage`` carries in
+``response_metadata["transcript"]``), because units cost 50 tokens per second of the
+2048-token window.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+
+from speechgpt_agent.audio import SAMPLE_RATE, load_audio, wav_base64
+from speechgpt_agent.errors import AudioError
+from speechgpt_agent.prompt import Turn
+
+from .tool_calling import render_tool_calls, render_tool_result
+
+__all__ = [
+    "MAX_DOWNLOAD_BYTES",
+    "TurnInput",
+    "audio_block",
+    "load_audio_reference",
+    "load_block_audio",
+    "message_audio",
+    "to_turn_input",
+]
+
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+"""Largest audio file fetched from an http(s) URL."""
+
+SPOKEN_PLACEHOLDER = "(spoken message)"
+"""Stands for earlier speech whose transcript is unknown."""
+
+_OK_FILE_MIME = ("audio/", "application/ogg", "video/ogg")
+
+
+@dataclass(frozen=True)
+class TurnInput:
+    """One SpeechGPT turn built from a conversation.
+
+    Attributes:
+        system: text replacing the meta instruction, or ``None`` (the released one).
+        history: earlier turns as text, oldest first.
+        text: the question's text, or ``None``.
+        audio: the question's speech, float32 mono at 16 kHz ``[samples]``, or ``None``.
+    """
+
+    system: str | None
+    history: tuple[Turn, ...]
+    text: str | None
+    audio: np.ndarray | None
+
+
+# --- audio references --------------------------------------------------------------------
+
+
+def _download(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except OSError as exc:
+        raise AudioError(f"cannot download audio from {url}: {exc}") from exc
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise AudioError(f"audio at {url} is larger than {MAX_DOWNLOAD_BYTES} bytes.")
+    return data
+
+
+def load_audio_reference(ref: str) -> np.ndarray:
+    """Decode audio named by a string: a path, ``file://`` / ``http(s)://`` / ``data:`` URL, or base64.
+
+    Returns:
+        float32 mono samples at 16 kHz ``[samples]``.
+
+    Raises:
+        AudioError: unreachable, unreadable or invalid audio.
+    """
+    if not isinstance(ref, str) or not ref.strip():
+        raise AudioError("an audio reference must be a non-empty string (path, URL or base64).")
+    ref = ref.strip()
+    scheme = urllib.parse.urlsplit(ref).scheme.lower() if "://" in ref[:12] else ""
+    if scheme in ("http", "https"):
+        return load_audio(_download(ref))
+    if scheme == "file":
+        parts = urllib.parse.urlsplit(ref)
+        return load_audio(Path(urllib.request.url2pathname(parts.path)))
+    if scheme:
+        raise AudioError(f"unsupported audio URL scheme {scheme!r}: use file, http(s) or data URLs.")
+    return load_audio(ref)  # data URL, path or base64
+
+
+def _block_kind(block: dict[str, Any]) -> str:
+    return str(block.get("type", "<no type>"))
+
+
+def _unsupported(block: dict[str, Any]) -> ValueError:
+    kind = _block_kind(block)
+    mime = block.get("mime_type") or block.get("media_type")
+    nested = block.get("file")
+    if not mime and isinstance(nested, dict) and str(nested.get("file_data", "")).startswith("data:"):
+        mime = str(nested["file_data"])[5:].split(";")[0].split(",")[0]
+    what = f"{kind!r} content block" + (f" ({mime})" if mime else "")
+    return ValueError(
+        f"SpeechGPTChat takes text and audio only; got a {what}. Remove it, or describe it "
+        "in text (SpeechGPT cannot see images or read documents)."
+    )
+
+
+def load_block_audio(block: dict[str, Any]) -> np.ndarray:
+    """Decode the audio of one content block (any form listed in the module docstring).
+
+    Returns:
+        float32 mono samples at 16 kHz ``[samples]``.
+
+    Raises:
+        ValueError: not an audio block, or an audio block that holds no usable reference.
+        AudioError: the audio itself is unreadable.
+    """
+    kind = _block_kind(block)
+    if kind == "input_audio":
+        payload = block.get("input_audio") or {}
+        data = payload.get("data")
+        if not isinstance(data, str) or not data:
+            raise ValueError("an 'input_audio' block needs input_audio.data (base64 audio).")
+        return load_audio(data)
+    if kind == "file":
+        nested = block.get("file")
+        if isinstance(nested, dict):  # OpenAI {"type": "file", "file": {"file_data": ...}}
+            url = nested.get("file_data") or ""
+            if isinstance(url, str) and url.lower().startswith(("data:audio/", "data:application/ogg")):
+                return load_audio(url)
+            raise _unsupported(block)
+        mime = str(block.get("mime_type") or "")
+        if not mime.startswith(_OK_FILE_MIME):
+            raise _unsupported(block)
+    elif kind != "audio":
+        raise _unsupported(block)
+    source_type = block.get("source_type")
+    if source_type == "base64" or (source_type is None and "data" in block and "base64" not in block):
+        return load_audio(_require_str(block, "data"))
+    if source_type == "url" or (source_type is None and "url" in block):
+        return load_audio_reference(_require_str(block, "url"))
+    if "base64" in block:
+        return load_audio(_require_str(block, "base64"))
+    if "file_id" in block or source_type == "id":
+        raise ValueError(
+            "audio blocks that reference a provider file store (file_id / source_type 'id') "
+            "cannot be read locally; pass the audio as base64 or a url."
+        )
+    raise ValueError(f"the audio block has no audio: expected 'base64' or 'url' (keys: {sorted(block)}).")
+
+
+def _require_str(block: dict[str, Any], key: str) -> str:
+    value = block.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"audio block field {key!r} must be a non-empty string.")
+    return value
+
+
+# --- messages -> one turn ----------------------------------------------------------------
+
+
+def _split_human(content: str | list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Texts and audio blocks of a human message; anything else raises."""
+    if isinstance(content, str):
+        return [content], []
+    texts: list[str] = []
+    audio: list[dict[str, Any]] = []
+    for block in content:
+        if isinstance(block, str):
+            texts.append(block)
+        elif not isinstance(block, dict):
+            raise TypeError(f"message content blocks must be str or dict, got {type(block).__name__}.")
+        elif block.get("type") == "text":
+            texts.append(str(block.get("text", "")))
+        elif block.get("type") in ("audio", "input_audio", "file"):
+            if block.get("type") == "file" and not _is_audio_file(block):
+                raise _unsupported(block)
+            audio.append(block)
+        else:
+            raise _unsupported(block)
+    return texts, audio
+
+
+def _is_audio_file(block: dict[str, Any]) -> bool:
+    nested = block.get("file")
+    if isinstance(nested, dict):
+        return str(nested.get("file_data", "")).lower().startswith(("data:audio/", "data:application/ogg"))
+    return str(block.get("mime_type") or "").startswith(_OK_FILE_MIME)
+
+
+def _tool_text(message: BaseMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in ("json", "non_standard"):
+            parts.append(str(block.get("json", block.get("value", ""))))
+        else:
+            raise _unsupported(block if isinstance(block, dict) else {"type": type(block).__name__})
+    return "\n".join(parts)
+
+
+def _role(message: BaseMessage) -> str:
+    if isinstance(message, SystemMessage):
+        return "system"
+    if isinstance(message, HumanMessage):
+        return "human"
+    if isinstance(message, AIMessage):
+        return "ai"
+    if isinstance(message, (ToolMessage, FunctionMessage)):
+        return "tool"
+    if isinstance(message, ChatMessage):
+        role = {"user": "human", "assistant": "ai", "system": "system", "tool": "tool"}.get(message.role)
+        if role is not None:
+            return role
+        raise ValueError(f"ChatMessage role {message.role!r} is not supported (user, assistant, system, tool).")
+    raise ValueError(f"unsupported message type {type(message).__name__}.")
+
+
+def _assistant_text(message: BaseMessage) -> str:
+    text = message.text.strip() if isinstance(message.content, (str, list)) else ""
+    calls = getattr(message, "tool_calls", None) or []
+    if calls:
+        rendered = render_tool_calls(calls)
+        text = f"{text}\n{rendered}" if text else rendered
+    return text
+
+
+def to_turn_input(messages: Sequence[BaseMessage]) -> TurnInput:
+    """Map a conversation onto one SpeechGPT turn (see the module docstring).
+
+    Raises:
+        ValueError: no messages, a conversation that does not end with a human or tool
+            message, or unsupported content (images, PDFs ...).
+        AudioError: unreadable audio in the current question.
+    """
+    if not messages:
+        raise ValueError("no messages: give SpeechGPTChat at least one human message.")
+    system: list[str] = []
+    turns: list[Turn] = []
+    user: list[str] = []
+    user_audio: list[dict[str, Any]] = []
+    spoken_pending = False
+    last_was_ai = False
+    for i, message in enumerate(messages):
+        role = _role(message)
+        if role == "system":
+            system.append(message.text)
+            continue
+        if role == "ai":
+            reply = _assistant_text(message)
+            if spoken_pending:
+                transcript = str(message.response_metadata.get("transcript") or "").strip()
+                user.append(transcript or SPOKEN_PLACEHOLDER)
+            if last_was_ai and not user and turns:
+                prev = turns.pop()
+                reply = f"{prev.assistant}\n{reply}".strip()
+                user = [prev.user]
+            turns.append(Turn("\n".join(p for p in user if p), reply))
+            user, user_audio, spoken_pending, last_was_ai = [], [], False, True
+            continue
+        last_was_ai = False
+        if role == "tool":
+            user.append(render_tool_result(message, _tool_text(message)) if isinstance(message, ToolMessage)
+                        else f'Tool "{message.name}" returned: {_tool_text(message)}')
+            continue
+        texts, audio = _split_human(message.content)
+        user.extend(t for t in texts if t.strip())
+        if audio:
+            user_audio.extend(audio)
+            spoken_pending = True
+    if last_was_ai:
+        raise ValueError(
+            "the conversation ends with an AI message; SpeechGPTChat answers the last human "
+            "or tool message, so end with one of those."
+        )
+    samples = None
+    if user_audio:
+        parts = [load_block_audio(b) for b in user_audio]
+        samples = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    text = "\n".join(user).strip() or None
+    if text is None and samples is None:
+        raise ValueError("the last human message is empty: give it some text or audio.")
+    return TurnInput(
+        system="\n".join(s for s in system if s.strip()) or None,
+        history=tuple(turns),
+        text=text,
+        audio=samples,
+    )
+
+
+# --- answers -> content blocks -----------------------------------------------------------
+
+
+def audio_block(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, /, **extras: Any) -> dict[str, Any]:
+    """A LangChain v1 audio content block holding ``samples`` as a base64 16-bit wav.
+
+    Args:
+        samples: float32 mono ``[samples]``.
+        sample_rate: Hz.
+        extras: stored under ``"extras"`` (e.g. ``offset`` in samples for stream chunks).
+    """
+    block: dict[str, Any] = {"type": "audio", "mime_type": "audio/wav",
+                             "base64": wav_base64(samples, sample_rate)}
+    if extras:
+        block["extras"] = extras
+    return block
+
+
+def message_audio(message: BaseMessage) -> tuple[np.ndarray, int] | None:
+    """The spoken answer of a message: its audio blocks decoded and joined in order.
+
+    Works on an invoked ``AIMessage`` (one block) and on the sum of streamed
+    ``AIMessageChunk``s (one block per audio chunk).
+
+    Returns:
+        ``(float32 samples [samples], sample rate in Hz)``, or ``None`` without audio.
+    """
+    parts: list[np.ndarray] = []
+    rate = None
+    content = message.content if isinstance(message.content, list) else []
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "audio" and block.get("base64"):
+            data, sr = sf.read(io.BytesIO(base64.b64decode(block["base64"])), dtype="float32")
+            if rate is not None and sr != rate:
+                raise AudioError(f"audio blocks of one message have different rates ({rate}, {sr} Hz).")
+            rate = sr
+            parts.append(data if data.ndim == 1 else data.mean(axis=1))
+    if not parts:
+        return None
+    return np.concatenate(parts), int(rate)  # type: ignore[arg-type]
