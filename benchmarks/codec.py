@@ -14,21 +14,29 @@ with one torch thread (the same work on the same core); two threads are reported
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, median_time, print_table, write_json  # noqa: E402
+from _common import environment, median_time, print_table, write_json
 
-from speechgpt_agent.audio import load_audio  # noqa: E402
-from speechgpt_agent.units import SpeechTokenizer  # noqa: E402
-from speechgpt_agent.vocoder import CodeHiFiGAN, CodeHiFiGANConfig, UnitVocoder  # noqa: E402
+from speechgpt_agent.audio import load_audio
+from speechgpt_agent.units import SpeechTokenizer
+from speechgpt_agent.vocoder import CodeHiFiGAN, CodeHiFiGANConfig, UnitVocoder
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 FRAME_RATE = 50  # unit frames per second
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def speech_clip(seconds: float) -> np.ndarray:
@@ -95,18 +103,21 @@ def bench_vocoder(seconds: float, repeats: int, chunks: list[float]) -> list[dic
     for chunk_s in chunks:
         per_push = max(1, round(chunk_s * FRAME_RATE / mean_dur))
         diff = float(np.max(np.abs(streaming(per_push) - reference)))
-        # interleave offline and streaming so drifts of the shared CPU hit both alike
-        t_str = median_time(lambda: streaming(per_push), repeats)
-        t_off2 = median_time(offline, repeats)
+        # alternate offline and streaming runs, so drifts of the shared CPU hit both alike
+        t_str, t_offs = [], []
+        for _ in range(repeats):
+            t_offs.append(timed(offline))
+            t_str.append(timed(lambda: streaming(per_push)))
+        s, o = statistics.median(t_str), statistics.median(t_offs)
         rows.append({"stage": "vocoder", "mode": "streaming", "chunk_s": chunk_s,
-                     "rtf": t_str / audio_s, "ratio_to_offline": t_str / t_off2, "max_abs_diff": diff})
+                     "rtf": s / audio_s, "ratio_to_offline": s / o, "max_abs_diff": diff})
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunks", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="streaming chunk sizes in seconds")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "codec.json"))
     parser.add_argument("--skip-extraction", action="store_true")

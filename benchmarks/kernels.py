@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, print_table, write_json
+from torch import nn
+
 from speechgpt_agent.kernels.quantize import quantize_reference, quantize_triton
 from speechgpt_agent.kernels.unit_embedding import unit_embedding_reference, unit_embedding_triton
 from speechgpt_agent.kernels.vocoder import (
@@ -39,7 +41,6 @@ from speechgpt_agent.kernels.vocoder import (
     resblock_reference,
 )
 from speechgpt_agent.kernels.vocoder import resblock as resblock_fused
-from torch import nn
 
 FRAME_RATE = 50  # unit frames per second
 COLUMNS = ["kernel", "case", "impl", "ms", "speedup", "rate", "unit", "of_peak", "max_err"]

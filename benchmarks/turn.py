@@ -32,17 +32,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, print_table, write_json  # noqa: E402
+from _common import environment, print_table, write_json
 
-from speechgpt_agent.model import GenerationOptions, SpeechGPTModel  # noqa: E402
-from speechgpt_agent.parse import TextDelta, TranscriptDelta  # noqa: E402
-from speechgpt_agent.pipeline import AudioChunk, Completed, SpeechGPT  # noqa: E402
-from speechgpt_agent.testing.llm import make_tiny_speechgpt  # noqa: E402
-from speechgpt_agent.testing.model_set import make_tiny_model_set  # noqa: E402
-from speechgpt_agent.testing.steer import ForceAnswer, answer_ids  # noqa: E402
-from speechgpt_agent.testing.vocoder import make_fairseq_codehifigan  # noqa: E402
-from speechgpt_agent.units import SpeechTokenizer  # noqa: E402
-from speechgpt_agent.vocoder import UnitVocoder  # noqa: E402
+from speechgpt_agent.model import GenerationOptions, SpeechGPTModel
+from speechgpt_agent.parse import TextDelta, TranscriptDelta
+from speechgpt_agent.pipeline import AudioChunk, Completed, SpeechGPT
+from speechgpt_agent.testing.llm import make_tiny_speechgpt
+from speechgpt_agent.testing.model_set import make_tiny_model_set
+from speechgpt_agent.testing.steer import ForceAnswer, answer_ids
+from speechgpt_agent.testing.vocoder import make_fairseq_codehifigan
+from speechgpt_agent.units import SpeechTokenizer
+from speechgpt_agent.vocoder import UnitVocoder
 
 QUESTION = Path(__file__).resolve().parent.parent / "tests" / "data" / "question_22k_stereo.flac"
 

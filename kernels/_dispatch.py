@@ -33,7 +33,7 @@ def backend_setting() -> str:
 def triton_available() -> bool:
     """Whether ``import triton`` works (it does not on macOS/Windows wheels)."""
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception:
         return False

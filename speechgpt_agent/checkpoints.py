@@ -68,7 +68,7 @@ def _standin_class(module: str, name: str) -> type:
 
 
 class _PermissiveUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+    def find_class(self, module: str, name: str) -> Any:
         if module == "argparse" and name == "Namespace":
             import argparse
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import __version__
 from .errors import SpeechGPTError
@@ -112,7 +112,7 @@ def _cmd_vocode(args: argparse.Namespace) -> int:
 
     vocoder = UnitVocoder.from_pretrained(args.vocoder or DEFAULT_VOCODER, device=args.device)
 
-    def synth(units: list[int], durations: list[int] | None) -> "object":
+    def synth(units: list[int], durations: list[int] | None) -> object:
         if durations is None and args.no_duration_prediction:
             durations = [1] * len(units)
         return vocoder.synthesize(units, durations)

@@ -9,8 +9,8 @@ local path instead.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import ModelNotFoundError
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator, Literal, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -162,7 +163,6 @@ class _Turn:
     prompt: str
     first_segment: Literal["auto", "transcript", "text"]
     input_units: tuple[int, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class SpeechGPT:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from speechgpt_agent.kernels import unit_embedding, unit_embedding_reference
 
 

@@ -14,6 +14,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NUM_UNITS = 1000
 
@@ -63,12 +67,12 @@ def make_tiny_model_set(folder: str | os.PathLike, *, seed: int = 0) -> TinyMode
     return paths
 
 
-def _layer_features(hubert_dir: Path, seed: int, seconds: float = 24.0) -> "np.ndarray":
+def _layer_features(hubert_dir: Path, seed: int, seconds: float = 24.0) -> np.ndarray:
     """Layer-11 features [frames, D] of a varied synthetic signal (chirps, tones, noise)."""
     import numpy as np
 
-    from ..units import SpeechTokenizer
     from ..hubert import load_hubert
+    from ..units import SpeechTokenizer
 
     model, fe = load_hubert(hubert_dir)
     dim = model.config.hidden_size
@@ -80,6 +84,6 @@ def _layer_features(hubert_dir: Path, seed: int, seconds: float = 24.0) -> "np.n
         t = np.arange(sr // 2) / sr
         f0, f1 = rng.uniform(80, 4000, size=2)
         chirp = np.sin(2 * np.pi * (f0 + (f1 - f0) * t / t[-1] / 2) * t)
-        pieces.append((rng.uniform(0.05, 0.8) * chirp + rng.uniform(0, 0.3) * rng.standard_normal(t.size)))
+        pieces.append(rng.uniform(0.05, 0.8) * chirp + rng.uniform(0, 0.3) * rng.standard_normal(t.size))
     audio = np.concatenate(pieces).astype(np.float32)
     return tok.features(audio).float().numpy()

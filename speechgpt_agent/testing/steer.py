@@ -6,7 +6,7 @@ answer (parsing, streaming audio, tool calls) force the model to emit a chosen o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
