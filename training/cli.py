@@ -154,6 +154,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.quantization == "none":
         cfg = cfg.replace(quantization=None)
     outcome = train(cfg, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # one report per run, not one per process
+        return 0
     if outcome.kind == "model":
         usage = f"SpeechGPTChat(model={str(outcome.output)!r}, adapter=None)"
     else:

@@ -175,6 +175,21 @@ def _add_lora(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:
 # --- the Trainer ---------------------------------------------------------------------------
 
 
+def _cpu_distributed_settings() -> dict[str, Any]:
+    """Trainer settings for several CPU processes under torchrun / accelerate.
+
+    Without a GPU, ``TrainingArguments`` treats each torchrun process as a lone run (every
+    rank "main", all writing the same checkpoints) unless told to use the CPU with gloo.
+    """
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        return {"use_cpu": True, "ddp_backend": "gloo"}
+    return {}
+
+
 def _trainer_class() -> type:
     from transformers import Trainer
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -358,6 +373,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
         "dataloader_pin_memory": torch.cuda.is_available(),
         "disable_tqdm": not progress,
     }
+    settings.update(_cpu_distributed_settings())
     settings.update(cfg.trainer_args)  # e.g. fsdp, deepspeed, report_to
     args = TrainingArguments(**settings)
     model = _load_model(cfg, base, bf16)
