@@ -35,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, print_table, write_json
 
 from speechgpt_agent.model import GenerationOptions, SpeechGPTModel
-from speechgpt_agent.parse import TextDelta, TranscriptDelta
-from speechgpt_agent.pipeline import AudioChunk, Completed, SpeechGPT
+from speechgpt_agent.pipeline import SpeechGPT, time_turn
 from speechgpt_agent.testing.llm import make_tiny_speechgpt
 from speechgpt_agent.testing.model_set import make_tiny_model_set
 from speechgpt_agent.testing.steer import ForceAnswer, answer_ids
@@ -81,25 +80,14 @@ def run_turn(runtime: SpeechGPT, lm: SpeechGPTModel, n_units: int) -> list[dict]
     # warm-up (allocations, first-call overheads)
     runtime.chat(audio=QUESTION, seed=0, options=opts, logits_processors=steer())
 
-    t0 = time.perf_counter()
-    first_text = first_audio = None
-    for event in runtime.stream(audio=QUESTION, seed=0, options=opts, logits_processors=steer()):
-        now = time.perf_counter() - t0
-        if isinstance(event, (TranscriptDelta, TextDelta)) and first_text is None:
-            first_text = now
-        if isinstance(event, AudioChunk) and first_audio is None:
-            first_audio = now
-        if isinstance(event, Completed):
-            streamed = event.response
-    stream_total = time.perf_counter() - t0
+    streaming = time_turn(lambda: runtime.stream(audio=QUESTION, seed=0, options=opts, logits_processors=steer()))
+    streamed, first_text, first_audio = streaming.response, streaming.first_text_s, streaming.first_audio_s
+    stream_total = streaming.total_s
 
     t0 = time.perf_counter()
-    first_text_b = None
-    for event in runtime.stream(audio=QUESTION, seed=0, options=opts, output="text", logits_processors=steer()):
-        if isinstance(event, (TranscriptDelta, TextDelta)) and first_text_b is None:
-            first_text_b = time.perf_counter() - t0
-        if isinstance(event, Completed):
-            generated = event.response
+    generating = time_turn(lambda: runtime.stream(audio=QUESTION, seed=0, options=opts, output="text",
+                                                  logits_processors=steer()))
+    generated, first_text_b = generating.response, generating.first_text_s
     batch_audio = runtime.vocoder.synthesize(list(generated.units))
     batch_total = time.perf_counter() - t0
     assert generated.units == streamed.units

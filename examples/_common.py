@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from langchain_core.messages import HumanMessage
+
 from speechgpt_agent.integrations.langchain import SpeechGPTChat, message_audio
 
 
@@ -50,3 +52,22 @@ def save_spoken_answer(message, path: str | None) -> None:
 
     samples, rate = audio
     print(f"spoken answer: {write_wav(Path(path), samples, rate)} ({samples.size / rate:.1f} s)")
+
+
+def add_question_args(parser: argparse.ArgumentParser) -> None:
+    """``--text`` / ``--audio`` (the question) and ``--out`` (the spoken answer's wav)."""
+    parser.add_argument("--text", default=None, help="the question as text")
+    parser.add_argument("--audio", default=None, help="the question as a recording")
+    parser.add_argument("--out", default="answer.wav", help="where to write the spoken answer")
+
+
+def question(text: str | None, audio: str | None) -> HumanMessage:
+    """A human message with the question's text and/or recording (as a file URL audio block)."""
+    blocks: list[dict] = []
+    if text:
+        blocks.append({"type": "text", "text": text})
+    if audio:
+        blocks.append({"type": "audio", "url": Path(audio).resolve().as_uri(), "mime_type": "audio/wav"})
+    if not blocks:
+        raise SystemExit("give --text or --audio")
+    return HumanMessage(blocks)

@@ -12,11 +12,14 @@ Runs offline when every model option names a local folder.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from _common import chat_from_args, model_set_parser, save_spoken_answer
+from _common import (
+    add_question_args,
+    chat_from_args,
+    model_set_parser,
+    question,
+    save_spoken_answer,
+)
 from langchain.agents import create_agent
-from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 
 
@@ -26,23 +29,9 @@ def get_weather(location: str) -> str:
     return f"It is sunny and 22 degrees in {location}."
 
 
-def question(text: str | None, audio: str | None) -> HumanMessage:
-    """A human message with the question's text and/or recording (as a file URL audio block)."""
-    blocks: list[dict] = []
-    if text:
-        blocks.append({"type": "text", "text": text})
-    if audio:
-        blocks.append({"type": "audio", "url": Path(audio).resolve().as_uri(), "mime_type": "audio/wav"})
-    if not blocks:
-        raise SystemExit("give --text or --audio")
-    return HumanMessage(blocks)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = model_set_parser(__doc__.splitlines()[0])
-    parser.add_argument("--text", default=None, help="the question as text")
-    parser.add_argument("--audio", default=None, help="the question as a recording")
-    parser.add_argument("--out", default="answer.wav", help="where to write the spoken answer")
+    add_question_args(parser)
     args = parser.parse_args(argv)
 
     agent = create_agent(chat_from_args(args), tools=[get_weather],

@@ -12,12 +12,17 @@ Runs offline when every model option names a local folder.
 
 from __future__ import annotations
 
-from _common import chat_from_args, model_set_parser, save_spoken_answer
+from _common import (
+    add_question_args,
+    chat_from_args,
+    model_set_parser,
+    question,
+    save_spoken_answer,
+)
 from langchain_core.messages import AIMessageChunk
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
-from voice_agent import question
 
 
 @tool
@@ -44,9 +49,7 @@ def build_graph(chat, tools):
 
 def main(argv: list[str] | None = None) -> None:
     parser = model_set_parser(__doc__.splitlines()[0])
-    parser.add_argument("--text", default=None, help="the question as text")
-    parser.add_argument("--audio", default=None, help="the question as a recording")
-    parser.add_argument("--out", default="answer.wav", help="where to write the spoken answer")
+    add_question_args(parser)
     args = parser.parse_args(argv)
 
     graph = build_graph(chat_from_args(args), [add])

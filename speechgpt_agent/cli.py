@@ -378,8 +378,7 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 
     from .audio import write_wav
     from .model import GenerationOptions
-    from .parse import TextDelta, TranscriptDelta
-    from .pipeline import AudioChunk, Completed, SpeechGPT
+    from .pipeline import SpeechGPT, time_turn
     from .testing.model_set import make_tiny_model_set
 
     torch.set_num_threads(1)  # bitsandbytes' CPU NF4 kernels scale badly with threads on small models
@@ -391,19 +390,9 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     runtime = SpeechGPT.from_pretrained(models.model, models.adapter, speech_tokenizer=models.speech_tokenizer,
                                         vocoder=models.vocoder, progress=False)
     t2 = time.perf_counter()
-    first_text = first_audio = None
-    response = None
-    start = time.perf_counter()
-    for event in runtime.stream(audio=audio, seed=0, options=GenerationOptions(max_new_tokens=120)):
-        now = time.perf_counter() - start
-        if isinstance(event, (TranscriptDelta, TextDelta)) and first_text is None:
-            first_text = now
-        elif isinstance(event, AudioChunk) and first_audio is None:
-            first_audio = now
-        elif isinstance(event, Completed):
-            response = event.response
-    total = time.perf_counter() - start
-    assert response is not None
+    timing = time_turn(lambda: runtime.stream(audio=audio, seed=0, options=GenerationOptions(max_new_tokens=120)))
+    response, first_text, first_audio, total = (timing.response, timing.first_text_s, timing.first_audio_s,
+                                                timing.total_s)
     # the vocoder path, streamed, on the question's own units
     stream = runtime.vocoder.stream()
     resynth = [stream.push([u]) for u in response.input_units] + [stream.flush()]

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,7 +41,9 @@ __all__ = [
     "Response",
     "SpeechGPT",
     "StreamEvent",
+    "TurnTiming",
     "Usage",
+    "time_turn",
 ]
 
 
@@ -112,6 +115,38 @@ class Completed:
 
 
 StreamEvent = TranscriptDelta | TextDelta | Units | AudioChunk | Completed
+
+
+@dataclass(frozen=True)
+class TurnTiming:
+    """Latencies of one streamed turn, in seconds from the call that started it."""
+
+    response: Response
+    first_text_s: float | None
+    first_audio_s: float | None
+    total_s: float
+
+
+def time_turn(start: Callable[[], Iterable[StreamEvent]]) -> TurnTiming:
+    """Run ``start()`` (e.g. ``lambda: sg.stream(audio=...)``) to the end, timing its events.
+
+    The clock starts before ``start`` is called, so audio decoding and unit extraction
+    count, as they do for a user.
+    """
+    t0 = time.perf_counter()
+    first_text = first_audio = None
+    response = None
+    for event in start():
+        now = time.perf_counter() - t0
+        if isinstance(event, (TranscriptDelta, TextDelta)) and first_text is None:
+            first_text = now
+        elif isinstance(event, AudioChunk) and first_audio is None:
+            first_audio = now
+        elif isinstance(event, Completed):
+            response = event.response
+    if response is None:
+        raise SpeechGPTError("the stream ended without its Completed event.")
+    return TurnTiming(response, first_text, first_audio, time.perf_counter() - t0)
 
 
 DEFAULT_AUDIO_CHUNK_UNITS = 16

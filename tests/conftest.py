@@ -26,9 +26,13 @@ def tiny_model_set(tmp_path_factory):
     return make_tiny_model_set(tmp_path_factory.mktemp("model_set"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """bitsandbytes' CPU kernels are far slower with 2 OpenMP threads on a shared 2-core box."""
+    """One torch thread for a module's tests (restored after it).
+
+    bitsandbytes' CPU kernels and tiny matmuls are far slower with 2 OpenMP threads on a
+    shared 2-core box: spin-waiting between threads costs 10x, not 2x.
+    """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -23,13 +23,7 @@ FREE = GenerationOptions(max_new_tokens=24, min_new_tokens=0)
 GREEDY = GenerationOptions(max_new_tokens=24, min_new_tokens=0, do_sample=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared CPU: OpenMP spin-waiting between threads costs 10x, not 2x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,7 @@ from speechgpt_agent.training.vocab import expand_vocabulary
 UNITS = [661, 588, 604, 157, 596, 499, 106, 189, 63, 665, 991, 162, 202, 393, 946, 327]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
