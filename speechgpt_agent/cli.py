@@ -414,6 +414,45 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="talk to the small model embedded in the package (offline, CPU, seconds)",
+        description="Ask the embedded demo model a spoken question (the bundled one, or --audio): "
+        "prints the transcript and the text answer and writes the spoken answer; then runs one "
+        "LangChain tool-calling turn (SpeechGPTChat(model='demo') with a calculator tool). The demo "
+        "model knows a closed world: arithmetic up to twenty, a few facts, and the calculator.",
+    )
+    p.add_argument("--audio", help="your own question (wav/flac/ogg/...; e.g. 'what is seven plus five')")
+    p.add_argument("-o", "--output", default="demo_answer.wav", help="answer wav (default: %(default)s)")
+    p.add_argument("--tool-question", default=None,
+                   help="question for the tool-calling turn (default: 'what is 1234 times 5678')")
+    p.add_argument("--no-agent", action="store_true", help="skip the LangChain tool-calling turn")
+    p.add_argument("--quantization", choices=["none", "nf4"], default="none",
+                   help="weights of the demo LLM (default: %(default)s; nf4 runs bitsandbytes' 4-bit path)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from .demo import DEMO_TOOL_QUESTION, run_demo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = run_demo(args.audio, output=args.output,
+                      tool_question=None if args.no_agent else (args.tool_question or DEMO_TOOL_QUESTION),
+                      quantization=None if args.quantization == "none" else args.quantization)
+    t = result.timings
+    print(f"demo done in {time.perf_counter() - t0:.1f} s (load {t['load']:.1f} s, spoken turn "
+          f"{t['spoken_turn']:.1f} s" + (f", agent turn {t['agent_turn']:.1f} s" if "agent_turn" in t else "") + ")")
+    return 0
+
+
 def _add_training(sub: argparse._SubParsersAction) -> None:
     from .training.cli import add_data_parser, add_train_parser
 
@@ -422,7 +461,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
 
 
 _COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (
-    _add_chat, _add_transcribe, _add_speak, _add_units, _add_vocode, _add_convert, _add_info, _add_selfcheck,
+    _add_demo, _add_chat, _add_transcribe, _add_speak, _add_units, _add_vocode, _add_convert, _add_info, _add_selfcheck,
     _add_training,
 )
 

@@ -26,7 +26,9 @@ from typing import Any, Literal
 import numpy as np
 
 from .audio import SAMPLE_RATE, AudioSource
+from .demo import DEMO_NAME, demo_parts
 from .errors import SpeechGPTError
+from .hubert import DEFAULT_HUBERT as DEFAULT_SPEECH_TOKENIZER
 from .model import DEFAULT_ADAPTER, DEFAULT_MODEL, GenerationOptions, SpeechGPTModel
 from .parse import Done, TextDelta, TranscriptDelta, Units
 from .prompt import Turn, build_prompt
@@ -223,7 +225,7 @@ class SpeechGPT:
         model: PathLike = DEFAULT_MODEL,
         adapter: PathLike | None = DEFAULT_ADAPTER,
         *,
-        speech_tokenizer: PathLike | None = "voidful/mhubert-base",
+        speech_tokenizer: PathLike | None = DEFAULT_SPEECH_TOKENIZER,
         kmeans: PathLike | None = None,
         vocoder: PathLike | None = None,
         quantization: Literal["nf4", "int8"] | None = "nf4",
@@ -235,10 +237,16 @@ class SpeechGPT:
     ) -> SpeechGPT:
         """Load the whole model set (each part a hub id or a local path).
 
+        ``model="demo"`` loads the small model embedded in the package
+        (:mod:`speechgpt_agent.demo`), with its own adapter, speech tokenizer and vocoder
+        unless those are given.
+
         Args:
             model, adapter, quantization, device_map, dtype: see
                 :meth:`SpeechGPTModel.from_pretrained`.
-            speech_tokenizer: mHuBERT folder or hub id; ``None`` for a text-only model.
+            speech_tokenizer: mHuBERT folder or hub id, or a
+                :class:`~speechgpt_agent.mel_units.MelUnitTokenizer` folder; ``None`` for a
+                text-only model.
             kmeans: k-means file (default: the one beside ``speech_tokenizer``).
             vocoder: vocoder folder or hub id (default: the released unit HiFi-GAN);
                 pass ``""`` to load none (text output only).
@@ -246,11 +254,22 @@ class SpeechGPT:
             trust_pickle: allow the upstream pickled k-means (see ``speechgpt-agent convert``).
             progress: progress bars while downloading and loading.
         """
+        from .mel_units import MelUnitTokenizer, is_mel_tokenizer_folder
         from .units import SpeechTokenizer
         from .vocoder import DEFAULT_VOCODER, UnitVocoder
 
-        st = None
-        if speech_tokenizer:
+        if os.fspath(model) == DEMO_NAME:
+            # the embedded model set: every part not named explicitly comes with it
+            parts = demo_parts()
+            model = parts.model
+            adapter = parts.adapter if adapter == DEFAULT_ADAPTER else adapter
+            if speech_tokenizer == DEFAULT_SPEECH_TOKENIZER:
+                speech_tokenizer = parts.speech_tokenizer
+            vocoder = parts.vocoder if vocoder is None else vocoder
+        st: Any = None
+        if speech_tokenizer and is_mel_tokenizer_folder(speech_tokenizer):
+            st = MelUnitTokenizer.from_pretrained(speech_tokenizer)
+        elif speech_tokenizer:
             st = SpeechTokenizer.from_pretrained(
                 speech_tokenizer, kmeans, device=device, trust_pickle=trust_pickle
             )

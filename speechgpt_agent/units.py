@@ -166,7 +166,116 @@ class UnitSequence:
 # --------------------------------------------------------------------------------------
 
 
-class SpeechTokenizer:
+class UnitTokenizer:
+    """Audio -> :class:`UnitSequence`: frame features, nearest centroid, repeats merged.
+
+    The interface every speech tokenizer of the runtime offers (the mHuBERT one of the
+    release, :class:`SpeechTokenizer`, and the log-mel one of the embedded demo model,
+    :class:`~speechgpt_agent.mel_units.MelUnitTokenizer`). Subclasses set
+    ``_centroids`` (``[K, D]`` float32) and ``_centroid_sq_norms`` and implement
+    :attr:`sampling_rate`, :attr:`frame_rate` and :meth:`features`.
+    """
+
+    _centroids: torch.Tensor
+    _centroid_sq_norms: torch.Tensor
+
+    @property
+    def sampling_rate(self) -> int:
+        """Rate (Hz) that input audio is resampled to."""
+        raise NotImplementedError
+
+    @property
+    def frame_rate(self) -> float:
+        """Feature frames (unmerged units) per second."""
+        raise NotImplementedError
+
+    @property
+    def centroids(self) -> torch.Tensor:
+        """The k-means centroids ``[K, D]``, float32."""
+        return self._centroids
+
+    @property
+    def num_units(self) -> int:
+        """Codebook size ``K`` (1000 for SpeechGPT)."""
+        return int(self._centroids.shape[0])
+
+    def features(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``[frames, D]`` features of float samples ``[T]`` at :attr:`sampling_rate`."""
+        raise NotImplementedError
+
+    def encode(self, audio: AudioSource, sample_rate: int | None = None) -> UnitSequence:
+        """Units of one clip.
+
+        Args:
+            audio: anything :func:`speechgpt_agent.audio.load_audio` accepts (path, bytes,
+                base64, file object, or an array with ``sample_rate``); decoded, mixed to
+                mono and resampled to :attr:`sampling_rate`.
+            sample_rate: rate (Hz) of an array ``audio``.
+
+        Raises:
+            AudioError: unusable audio (see ``load_audio``), or too short for one frame.
+        """
+        samples = load_audio(audio, sample_rate, target_rate=self.sampling_rate)
+        return self._encode_samples(samples)
+
+    def encode_batch(
+        self,
+        sources: Sequence[AudioSource],
+        *,
+        sample_rate: int | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> list[UnitSequence]:
+        """Units of many clips; equal to ``[self.encode(s, sample_rate) for s in sources]``.
+
+        Up to ``batch_size`` clips are decoded and resampled ahead in background threads
+        while the model works. The model itself takes one clip at a time, as fairseq does:
+        padding clips into one batch would change the GroupNorm statistics of HuBERT's
+        first conv layer over time, and so the units.
+
+        Args:
+            sources: anything :meth:`encode` accepts.
+            sample_rate: rate (Hz) of the array sources.
+            batch_size: clips decoded ahead (>= 1).
+            progress: show a tqdm progress bar.
+
+        Raises:
+            AudioError: the first clip that cannot be used, with its index in the message.
+            ValueError: ``batch_size`` < 1.
+        """
+        from tqdm.auto import tqdm
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        sources = list(sources)
+        results: list[UnitSequence] = []
+        pool = ThreadPoolExecutor(max_workers=min(batch_size, 4), thread_name_prefix="units-load")
+        pending: deque[Future[np.ndarray]] = deque()
+        submitted = 0
+        try:
+            with tqdm(total=len(sources), desc="units", unit="clip", disable=not progress) as bar:
+                for index in range(len(sources)):
+                    while submitted < len(sources) and len(pending) < batch_size:
+                        pending.append(pool.submit(load_audio, sources[submitted], sample_rate,
+                                                   target_rate=self.sampling_rate))
+                        submitted += 1
+                    try:
+                        results.append(self._encode_samples(pending.popleft().result()))
+                    except AudioError as exc:
+                        raise AudioError(f"sources[{index}]: {exc}") from exc
+                    bar.update(1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results
+
+    def _encode_samples(self, samples: np.ndarray) -> UnitSequence:
+        feats = self.features(samples)
+        ids = quantize(feats, self._centroids, self._centroid_sq_norms)
+        units, durations = merge_repeats(ids)
+        return UnitSequence(tuple(units.tolist()), tuple(durations.tolist()), tuple(ids.tolist()))
+
+
+class SpeechTokenizer(UnitTokenizer):
     """mHuBERT features + k-means: audio -> :class:`UnitSequence`.
 
     One instance serves concurrent callers: model calls are serialised by a lock, the
@@ -271,16 +380,6 @@ class SpeechTokenizer:
         """Feature frames per second (50 for mHuBERT: one per 320 samples at 16 kHz)."""
         return self.sampling_rate / self._hop
 
-    @property
-    def centroids(self) -> torch.Tensor:
-        """The k-means centroids ``[K, D]``, float32, on the model's device."""
-        return self._centroids
-
-    @property
-    def num_units(self) -> int:
-        """Codebook size ``K`` (1000 for SpeechGPT)."""
-        return int(self._centroids.shape[0])
-
     def features(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Layer-``layer`` HuBERT features of a clip.
 
@@ -306,78 +405,7 @@ class SpeechTokenizer:
         with self._lock:
             return torch.cat([self._layer_output(c) for c in chunks], dim=0)
 
-    def encode(self, audio: AudioSource, sample_rate: int | None = None) -> UnitSequence:
-        """Units of one clip.
-
-        Args:
-            audio: anything :func:`speechgpt_agent.audio.load_audio` accepts (path, bytes,
-                base64, file object, or an array with ``sample_rate``); decoded, mixed to
-                mono and resampled to :attr:`sampling_rate`.
-            sample_rate: rate (Hz) of an array ``audio``.
-
-        Raises:
-            AudioError: unusable audio (see ``load_audio``), or too short for one frame.
-        """
-        samples = load_audio(audio, sample_rate, target_rate=self.sampling_rate)
-        return self._encode_samples(samples)
-
-    def encode_batch(
-        self,
-        sources: Sequence[AudioSource],
-        *,
-        sample_rate: int | None = None,
-        batch_size: int = 8,
-        progress: bool = False,
-    ) -> list[UnitSequence]:
-        """Units of many clips; equal to ``[self.encode(s, sample_rate) for s in sources]``.
-
-        Up to ``batch_size`` clips are decoded and resampled ahead in background threads
-        while the model works. The model itself takes one clip at a time, as fairseq does:
-        padding clips into one batch would change the GroupNorm statistics of HuBERT's
-        first conv layer over time, and so the units.
-
-        Args:
-            sources: anything :meth:`encode` accepts.
-            sample_rate: rate (Hz) of the array sources.
-            batch_size: clips decoded ahead (>= 1).
-            progress: show a tqdm progress bar.
-
-        Raises:
-            AudioError: the first clip that cannot be used, with its index in the message.
-            ValueError: ``batch_size`` < 1.
-        """
-        from tqdm.auto import tqdm
-
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        sources = list(sources)
-        results: list[UnitSequence] = []
-        pool = ThreadPoolExecutor(max_workers=min(batch_size, 4), thread_name_prefix="units-load")
-        pending: deque[Future[np.ndarray]] = deque()
-        submitted = 0
-        try:
-            with tqdm(total=len(sources), desc="units", unit="clip", disable=not progress) as bar:
-                for index in range(len(sources)):
-                    while submitted < len(sources) and len(pending) < batch_size:
-                        pending.append(pool.submit(load_audio, sources[submitted], sample_rate,
-                                                   target_rate=self.sampling_rate))
-                        submitted += 1
-                    try:
-                        results.append(self._encode_samples(pending.popleft().result()))
-                    except AudioError as exc:
-                        raise AudioError(f"sources[{index}]: {exc}") from exc
-                    bar.update(1)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return results
-
     # ----------------------------------------------------------------------------------
-
-    def _encode_samples(self, samples: np.ndarray) -> UnitSequence:
-        feats = self.features(samples)
-        ids = quantize(feats, self._centroids, self._centroid_sq_norms)
-        units, durations = merge_repeats(ids)
-        return UnitSequence(tuple(units.tolist()), tuple(durations.tolist()), tuple(ids.tolist()))
 
     def _validated_samples(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(audio, torch.Tensor):

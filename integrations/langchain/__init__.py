@@ -7,6 +7,7 @@
 * :func:`message_audio`: the spoken answer of a message (or of a summed stream) as samples.
 """
 
+from .calculator import calculator
 from .chat_models import SpeechGPTChat
 from .messages import message_audio
 from .tools import SpeechToTextTool, TextToSpeechTool, VoiceTurnTool
@@ -16,5 +17,6 @@ __all__ = [
     "SpeechToTextTool",
     "TextToSpeechTool",
     "VoiceTurnTool",
+    "calculator",
     "message_audio",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -44,12 +45,12 @@ def _added_token_json(content: str) -> dict:
             "single_word": False}
 
 
-def _train_sentencepiece(vocab_size: int) -> bytes:
+def _train_sentencepiece(vocab_size: int, corpus: Sequence[str] | None = None) -> bytes:
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 4),
+        sentence_iterator=iter(list(corpus) if corpus is not None else _CORPUS * 4),
         model_writer=buf,
         model_type="bpe",
         vocab_size=vocab_size,
@@ -88,6 +89,8 @@ def make_tiny_speechgpt(
     dtype: torch.dtype = torch.float16,
     safetensors: bool = False,
     with_speech_tokens: bool = True,
+    corpus: Sequence[str] | None = None,
+    lm_head_std: float | None = 0.5,
 ) -> Path:
     """Write a random tiny SpeechGPT-7B-cm look-alike into ``folder`` and return its path.
 
@@ -101,12 +104,16 @@ def make_tiny_speechgpt(
         safetensors: write ``model.safetensors`` instead of ``pytorch_model.bin``.
         with_speech_tokens: ``False`` writes a plain LLaMA folder (no ``added_tokens.json``,
             no unit rows), which SpeechGPT loaders must refuse.
+        corpus: sentences the sentencepiece model is trained on (default: a few fixed
+            sentences); the demo recipe passes the texts of its closed world.
+        lm_head_std: standard deviation of the LM head's random rows; ``None`` keeps
+            LLaMA's initialisation (for a model that is going to be trained).
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    spm_bytes = _train_sentencepiece(base_vocab_size)
+    spm_bytes = _train_sentencepiece(base_vocab_size, corpus)
     (folder / "tokenizer.model").write_bytes(spm_bytes)
 
     import sentencepiece as spm
@@ -164,8 +171,9 @@ def make_tiny_speechgpt(
     model = LlamaForCausalLM(cfg)
     # Larger than LLaMA's init so that the random model's next-token distribution is not
     # flat: sampling and stopping then behave like a trained model's.
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0.0, 0.5)
+    if lm_head_std is not None:
+        with torch.no_grad():
+            model.lm_head.weight.normal_(0.0, lm_head_std)
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     if safetensors:
         from safetensors.torch import save_file

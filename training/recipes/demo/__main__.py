@@ -1,0 +1,256 @@
+"""Train the embedded demo model end to end: ``python -m speechgpt_agent.training.recipes.demo``.
+
+Steps (each skipped when its output exists, so a rerun resumes):
+
+1. ``corpus``: espeak-ng speech of the closed world (:mod:`.corpus`, :mod:`.world`);
+2. ``units``: fit the MFCC + k-means speech tokenizer on the training voices and tokenize
+   every clip (:class:`speechgpt_agent.mel_units.MelUnitTokenizer`);
+3. ``vocoder``: a small unit HiFi-GAN (:mod:`.vocoder_training`);
+4. ``llm``: a small LLaMA in the released layout, then ``speechgpt-agent train --stage ma``,
+   ``--stage cm`` (full fine-tuning) and ``--stage com`` (LoRA), run as subprocesses of the
+   real command;
+5. ``evaluate``: the quality benchmark on held-out questions and a held-out voice;
+6. ``export`` (``--export``): copy the artifacts into ``speechgpt_agent/assets/demo``.
+
+Reproducible from ``--seed``. On 2 CPU cores the whole run takes about an hour; the
+vocoder and the LLM train at the same time, one thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("speechgpt_agent.recipes.demo")
+
+# LLM dimensions: ~10 MB in bfloat16 with the 1000 unit rows.
+LLM_DIMS = {"hidden_size": 256, "layers": 4, "heads": 4, "intermediate_size": 768,
+            "base_vocab_size": 700, "max_position_embeddings": 1024}
+NUM_UNITS = 100
+TOOL_QUESTIONS = 160
+DEMO_QUESTION_TEXT = "what is seven plus five"
+"""The bundled question (held out: never heard in training)."""
+
+STAGE_ARGS: dict[str, list[str]] = {
+    "ma": ["--block-size", "512", "--num-train-epochs", "4", "--learning-rate", "1e-3",
+           "--per-device-train-batch-size", "8", "--gradient-accumulation-steps", "1",
+           "--warmup-ratio", "0.05", "--lr-scheduler-type", "cosine", "--val-set-size", "8"],
+    "cm": ["--num-train-epochs", "6", "--learning-rate", "1e-3", "--model-max-length", "512",
+           "--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "1",
+           "--warmup-ratio", "0.03", "--lr-scheduler-type", "cosine", "--val-set-size", "32",
+           "--loss-on", "response"],
+    "com": ["--num-train-epochs", "4", "--learning-rate", "2e-3", "--model-max-length", "640",
+            "--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "1",
+            "--warmup-ratio", "0.03", "--lr-scheduler-type", "cosine", "--val-set-size", "32",
+            "--loss-on", "response", "--lora-r", "64", "--lora-alpha", "64",
+            "--lora-target-modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+            "--train-new-tokens"],
+}
+"""Overrides of the original hyper-parameters for a 4M-parameter model trained from scratch."""
+
+
+def _step(name: str, done: Path) -> bool:
+    if done.exists():
+        log.info("step %s: done already (%s)", name, done)
+        return False
+    log.info("step %s ...", name)
+    return True
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def build_corpus(out: Path, seed: int) -> Path:
+    from .corpus import plan_clips, synthesize_corpus
+    from .world import closed_world, spoken_answers
+
+    world = closed_world(seed)
+    train_texts = [q.question for q in world if not q.held_out] + spoken_answers(world)
+    eval_texts = [q.question for q in world] + spoken_answers(world)
+    return synthesize_corpus(plan_clips(train_texts, eval_texts, seed), out / "corpus")
+
+
+def build_units(out: Path, seed: int) -> Path:
+    from speechgpt_agent.mel_units import MelUnitTokenizer
+
+    rows = _read_jsonl(out / "corpus" / "manifest.jsonl")
+    tokenizer = MelUnitTokenizer.fit([r["audio"] for r in rows if r["split"] == "train"], NUM_UNITS, seed=seed)
+    tokenizer.save_pretrained(out / "speech_tokenizer")
+    seqs = tokenizer.encode_batch([r["audio"] for r in rows], progress=True)
+    target = out / "units.jsonl"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps({**r, "units": list(s.units), "durations": list(s.durations)}) + "\n"
+                           for r, s in zip(rows, seqs)), encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def build_vocoder(out: Path, seed: int, threads: int) -> Path:
+    from .vocoder_training import train_vocoder
+
+    rows = [r for r in _read_jsonl(out / "units.jsonl") if r["split"] == "train"]
+    return train_vocoder(rows, out / "vocoder", seed=seed, threads=threads)
+
+
+def build_llm_data(out: Path, seed: int) -> Path:
+    from speechgpt_agent.testing.llm import make_tiny_speechgpt
+    from speechgpt_agent.training.builders import (
+        build_chain_of_modality,
+        build_cross_modal,
+        build_unit_corpus,
+        read_dialogues,
+        read_unit_records,
+        unit_index,
+    )
+    from speechgpt_agent.training.records import SkipReport
+
+    from .llm_data import dialogues, tokenizer_corpus, tool_use_examples, write_jsonl
+    from .world import closed_world, tool_questions
+
+    world = closed_world(seed)
+    tools = tool_questions(TOOL_QUESTIONS, seed)
+    data = out / "data"
+    rows = _read_jsonl(out / "units.jsonl")
+    train_rows = [r for r in rows if r["split"] == "train"]
+    write_jsonl(data / "units.train.jsonl", train_rows)
+    report = SkipReport("demo data")
+    records = read_unit_records([data / "units.train.jsonl"], report)
+    build_unit_corpus(records, data / "ma", seed=seed, report=report)
+    build_cross_modal(records, data / "cm", seed=seed, report=report)
+    by_text: dict[str, list[str]] = {}
+    for r in train_rows:
+        by_text.setdefault(r["text"], []).append(r["id"])
+    units = {r["id"]: r for r in train_rows}
+    write_jsonl(data / "dialogues.jsonl", dialogues(world, units, by_text, seed=seed))
+    build_chain_of_modality(read_dialogues(data / "dialogues.jsonl", report, unit_index(records)),
+                            data / "com", seed=seed, report=report)
+    # calculator conversations join the stage-3 file
+    com = data / "com" / "train.jsonl"
+    lines = com.read_text(encoding="utf-8").splitlines()
+    lines += [json.dumps(e, ensure_ascii=False) for e in tool_use_examples(tools)]
+    com.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if len(report):
+        log.warning("%s", report.summary())
+    make_tiny_speechgpt(out / "llm_init", seed=seed, corpus=tokenizer_corpus(world, tools),
+                        dtype=__import__("torch").float32, safetensors=True, with_speech_tokens=False,
+                        lm_head_std=None, **LLM_DIMS)
+    return data
+
+
+def train_stage(out: Path, stage: str, model: Path, train_file: Path, seed: int, threads: int) -> Path:
+    """Run ``speechgpt-agent train --stage STAGE`` as a subprocess (the real command)."""
+    cmd = [sys.executable, "-m", "speechgpt_agent.cli", "train", "--stage", stage,
+           "--model", str(model), "--train-file", str(train_file), "--output-dir", str(out / stage),
+           "--seed", str(seed), "--no-bf16", "--logging-steps", "20", "--save-steps", "200",
+           "--save-total-limit", "1", "--eval-steps", "100000", *STAGE_ARGS[stage]]
+    if stage != "com":
+        cmd += ["--method", "full"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    log.info("$ %s", " ".join(cmd))
+    subprocess.run(cmd, check=True, env=env)
+    return out / stage / ("adapter" if stage == "com" else "model")
+
+
+def export(out: Path, target: Path) -> Path:
+    """Copy the trained parts into ``target`` (the package's ``assets/demo``) in bfloat16."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    llm = out / "cm" / "model"
+    (tmp / "llm").mkdir()
+    for f in llm.iterdir():
+        if f.suffix == ".safetensors":
+            state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(f).items()}
+            save_file(state, str(tmp / "llm" / f.name), metadata={"format": "pt"})
+        elif f.suffix in (".json", ".model"):
+            shutil.copy2(f, tmp / "llm" / f.name)
+    config = json.loads((tmp / "llm" / "config.json").read_text())
+    config["torch_dtype"] = "bfloat16"
+    config.pop("dtype", None)
+    (tmp / "llm" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copytree(out / "com" / "adapter", tmp / "adapter",
+                    ignore=shutil.ignore_patterns("README.md", "training_args.bin"))
+    shutil.copytree(out / "speech_tokenizer", tmp / "speech_tokenizer")
+    shutil.copytree(out / "vocoder", tmp / "vocoder")
+    if (out / "card.json").is_file():
+        shutil.copy2(out / "card.json", tmp / "card.json")
+    # the bundled question: the held-out voice asking a question never heard in training
+    for row in _read_jsonl(out / "units.jsonl"):
+        if row["split"] == "heldout_voice" and row["text"] == DEMO_QUESTION_TEXT:
+            shutil.copy2(row["audio"], tmp / "question.wav")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.replace(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m speechgpt_agent.training.recipes.demo",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", default="runs/demo", help="run folder (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of each trainer (default: %(default)s)")
+    p.add_argument("--export", action="store_true", help="copy the result into the package's assets/demo")
+    p.add_argument("--export-to", help="export folder (default: the package's assets/demo)")
+    p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--only", choices=["vocoder"], help=argparse.SUPPRESS)  # the vocoder's own process
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.only == "vocoder":
+        build_vocoder(out, args.seed, args.threads)
+        return 0
+    t0 = time.time()
+
+    if _step("corpus", out / "corpus" / "manifest.jsonl"):
+        build_corpus(out, args.seed)
+    if _step("units", out / "units.jsonl"):
+        build_units(out, args.seed)
+    vocoder_proc = None
+    if _step("vocoder", out / "vocoder" / "config.json"):
+        # the vocoder trains in its own process, beside the LLM
+        vocoder_proc = subprocess.Popen(
+            [sys.executable, "-m", "speechgpt_agent.training.recipes.demo", "--output-dir", str(out),
+             "--seed", str(args.seed), "--threads", str(args.threads), "--only", "vocoder"],
+            env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if _step("llm data", out / "llm_init" / "config.json"):
+        build_llm_data(out, args.seed)
+    data = out / "data"
+    model = out / "llm_init"
+    if _step("train ma", out / "ma" / "model" / "config.json"):
+        train_stage(out, "ma", model, data / "ma" / "train.txt", args.seed, args.threads)
+    if _step("train cm", out / "cm" / "model" / "config.json"):
+        train_stage(out, "cm", out / "ma" / "model", data / "cm" / "train.jsonl", args.seed, args.threads)
+    if _step("train com", out / "com" / "adapter" / "adapter_config.json"):
+        train_stage(out, "com", out / "cm" / "model", data / "com" / "train.jsonl", args.seed, args.threads)
+    if vocoder_proc is not None and vocoder_proc.wait() != 0:
+        raise SystemExit(f"vocoder training failed (exit {vocoder_proc.returncode})")
+    if not args.skip_eval:
+        from .evaluate import evaluate_run
+
+        card = evaluate_run(out, seed=args.seed)
+        card["recipe"] = {"command": "python -m speechgpt_agent.training.recipes.demo "
+                          f"--seed {args.seed}", "seed": args.seed, "minutes": round((time.time() - t0) / 60, 1)}
+        (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    if args.export:
+        from speechgpt_agent.demo import DEMO_DIR
+
+        log.info("exported to %s", export(out, Path(args.export_to) if args.export_to else DEMO_DIR))
+    log.info("done in %.1f min", (time.time() - t0) / 60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Speech for the demo recipe, synthesized with espeak-ng: several voices, speeds and pitches.
+
+Each text of the closed world is spoken once by every training voice, with a speed and a
+pitch drawn per clip from a seeded generator; the held-out voice speaks every question and
+answer once, for evaluation only. Clips are 16 kHz mono PCM_16 wav files (espeak-ng's 22.05
+kHz output resampled with soxr), listed in ``manifest.jsonl`` as the ``data units`` command
+reads it: ``{"id", "audio", "text", "voice", "split"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from speechgpt_agent.audio import load_audio, write_wav
+from speechgpt_agent.errors import SpeechGPTError
+
+__all__ = ["HELD_OUT_VOICE", "TRAIN_VOICES", "Clip", "synthesize_corpus"]
+
+TRAIN_VOICES: tuple[str, ...] = (
+    "en-us", "en-us+m3", "en-us+f2", "en-gb+m1", "en-gb-x-rp+f3", "en-029+m5",
+)
+"""espeak-ng voices (language + variant) of the training clips."""
+
+HELD_OUT_VOICE = "en-us+f4"
+"""A voice never heard in training: the quality benchmark's."""
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip to synthesize."""
+
+    id: str
+    text: str
+    voice: str
+    speed: int
+    """words per minute"""
+    pitch: int
+    """espeak-ng pitch, 0..99"""
+    split: str
+    """``"train"`` or ``"heldout_voice"``"""
+
+
+def _espeak() -> str:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise SpeechGPTError("espeak-ng is not installed: `apt-get install espeak-ng` (it synthesizes "
+                             "the demo corpus).")
+    return exe
+
+
+def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int) -> list[Clip]:
+    """The clips of the corpus: every train text in every train voice, every eval text in the held-out voice."""
+    rng = random.Random(seed)
+    clips = []
+    for t, text in enumerate(train_texts):
+        for v, voice in enumerate(TRAIN_VOICES):
+            clips.append(Clip(f"t{t:04d}_v{v}", text, voice, rng.randint(135, 185),
+                              rng.randint(30, 70), "train"))
+    for t, text in enumerate(eval_texts):
+        clips.append(Clip(f"h{t:04d}", text, HELD_OUT_VOICE, 160, 50, "heldout_voice"))
+    return clips
+
+
+def _synthesize(exe: str, clip: Clip, out: Path) -> None:
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        subprocess.run([exe, "-v", clip.voice, "-s", str(clip.speed), "-p", str(clip.pitch),
+                        "-w", tmp.name, clip.text], check=True, capture_output=True)
+        samples = load_audio(tmp.name, target_rate=SAMPLE_RATE)
+    write_wav(out, samples, SAMPLE_RATE)
+
+
+def synthesize_corpus(clips: Sequence[Clip], folder: str | Path, *, workers: int = 2,
+                      progress: bool = True) -> Path:
+    """Synthesize ``clips`` into ``folder/wavs`` and write ``folder/manifest.jsonl``.
+
+    Clips already on disk are kept (a rerun resumes). Returns the manifest path.
+    """
+    from tqdm.auto import tqdm
+
+    exe = _espeak()
+    folder = Path(folder)
+    wavs = folder / "wavs"
+    wavs.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in clips if not (wavs / f"{c.id}.wav").is_file()]
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(todo), desc="espeak-ng", unit="clip", disable=not progress) as bar:
+        for _ in pool.map(lambda c: _synthesize(exe, c, wavs / f"{c.id}.wav"), todo):
+            bar.update(1)
+    manifest = folder / "manifest.jsonl"
+    with open(manifest, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"id": c.id, "audio": str(wavs / f"{c.id}.wav"), "text": c.text,
+                                "voice": c.voice, "speed": c.speed, "pitch": c.pitch,
+                                "split": c.split}) + "\n" for c in clips)
+    return manifest

@@ -1,0 +1,114 @@
+"""Training data of the demo LLM, in the SpeechInstruct formats that ``speechgpt-agent train`` reads.
+
+* stage ``ma``: the unit sequences of the training clips (``data build ma``);
+* stage ``cm``: ASR and TTS instructions over the training clips (``data build cm``);
+* stage ``com``: chain-of-modality dialogues of the closed world (``data build com``), in
+  the four formats for the questions heard in training and in the text-question formats
+  (``t2t``, ``t2s``) for the held-out ones; plus calculator tool-use conversations written
+  exactly as :class:`~speechgpt_agent.integrations.langchain.SpeechGPTChat` renders them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from speechgpt_agent.prompt import (
+    META_INSTRUCTION,
+    SPEECHGPT,
+    build_prompt,
+    chain_of_modality_answer,
+)
+
+from .world import QA, ToolQuestion
+
+__all__ = ["calculator_system_prompt", "dialogues", "tokenizer_corpus", "tool_use_examples"]
+
+CALCULATOR_DESCRIPTION = "Evaluate an arithmetic expression on numbers, such as 1234 * 5678."
+
+
+def calculator_system_prompt() -> str:
+    """The system text SpeechGPTChat builds when the demo's calculator tool is bound (``auto``)."""
+    from speechgpt_agent.integrations.langchain.calculator import calculator
+    from speechgpt_agent.integrations.langchain.tool_calling import tool_prompt, tool_specs
+
+    return META_INSTRUCTION.rstrip("\n") + "\n" + tool_prompt(tool_specs([calculator]), "auto")
+
+
+def _split_prompt(prompt: str, system: str) -> tuple[str, str]:
+    if not prompt.startswith(system):
+        raise AssertionError("the prompt does not start with its system text")
+    return system, prompt[len(system):]
+
+
+def tool_use_examples(questions: Sequence[ToolQuestion]) -> list[dict[str, str]]:
+    """Two samples per question: the call, and the answer from the tool's result.
+
+    The prompts are those SpeechGPTChat sends (the system text with the tool section, the
+    call written back with ``render_tool_calls`` and the result as ``Tool "calculator"
+    returned: ...``); the answers are what its parser turns into a tool call and a text.
+    """
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from speechgpt_agent.integrations.langchain.messages import to_turn_input
+    from speechgpt_agent.integrations.langchain.tool_calling import render_tool_calls
+
+    system = calculator_system_prompt()
+    out = []
+    for i, q in enumerate(questions):
+        call = {"name": "calculator", "args": {"expression": q.expression}, "id": f"call_{i}"}
+        first = [HumanMessage(q.question)]
+        second = [*first, AIMessage("", tool_calls=[call]),
+                  ToolMessage(q.result, tool_call_id=call["id"], name="calculator")]
+        for messages, answer in ((first, render_tool_calls([call])), (second, q.result)):
+            turn = to_turn_input(messages)
+            prompt = build_prompt(turn.text, history=turn.history, system=system)
+            prefix, rest = _split_prompt(prompt, build_prompt("x", system=system).split("[Human]")[0])
+            out.append({"prefix": prefix, "plain_text": rest + chain_of_modality_answer(text=answer) + "."})
+    return out
+
+
+def dialogues(world: Sequence[QA], units: dict[str, dict[str, Any]], texts_to_ids: dict[str, list[str]],
+              *, seed: int) -> list[dict[str, Any]]:
+    """``data build com`` dialogue lines (``{"id", "question", "answer", "question_audio"?, "answer_audio"?}``).
+
+    A question heard in training gets one dialogue per training recording of it, paired with
+    a recording of its answer in the same voice; a held-out question gets text-only
+    dialogues (with a spoken answer), never its own speech.
+    """
+    rng = random.Random(seed)
+    lines = []
+    for n, qa in enumerate(world):
+        answer_ids = texts_to_ids[qa.answer]
+        if qa.held_out:
+            for k, answer_id in enumerate(answer_ids):
+                lines.append({"id": f"q{n}_t{k}", "question": qa.question, "answer": qa.answer,
+                              "answer_audio": answer_id})
+            continue
+        for k, question_id in enumerate(texts_to_ids[qa.question]):
+            voice = units[question_id]["voice"]
+            same_voice = [a for a in answer_ids if units[a]["voice"] == voice] or answer_ids
+            lines.append({"id": f"q{n}_s{k}", "question": qa.question, "answer": qa.answer,
+                          "question_audio": question_id, "answer_audio": rng.choice(same_voice)})
+    return lines
+
+
+def tokenizer_corpus(world: Sequence[QA], tools: Sequence[ToolQuestion]) -> list[str]:
+    """Texts the demo's sentencepiece model is trained on: everything the model reads or writes."""
+    from speechgpt_agent.training.builders import ASR_TEMPLATES, TTS_TEMPLATES
+
+    texts = [META_INSTRUCTION, calculator_system_prompt(), SPEECHGPT, "This is input:",
+             "[ta] ; [ua] <eoa>.", 'Tool "calculator" returned:']
+    texts += list(ASR_TEMPLATES) + list(TTS_TEMPLATES)
+    texts += [qa.question for qa in world] + [qa.answer for qa in world]
+    texts += [t.question for t in tools]
+    return texts * 3
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
