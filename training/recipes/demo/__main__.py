@@ -47,7 +47,7 @@ STAGE_ARGS: dict[str, list[str]] = {
            "--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "1",
            "--warmup-ratio", "0.03", "--lr-scheduler-type", "cosine", "--val-set-size", "32",
            "--loss-on", "response"],
-    "com": ["--num-train-epochs", "4", "--learning-rate", "2e-3", "--model-max-length", "640",
+    "com": ["--num-train-epochs", "3", "--learning-rate", "2e-3", "--model-max-length", "640",
             "--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "1",
             "--warmup-ratio", "0.03", "--lr-scheduler-type", "cosine", "--val-set-size", "32",
             "--loss-on", "response", "--lora-r", "64", "--lora-alpha", "64",
@@ -113,7 +113,7 @@ def build_llm_data(out: Path, seed: int) -> Path:
     )
     from speechgpt_agent.training.records import SkipReport
 
-    from .llm_data import dialogues, tokenizer_corpus, tool_use_examples, write_jsonl
+    from .llm_data import dialogues, task_examples, tokenizer_corpus, tool_use_examples, write_jsonl
     from .world import closed_world, tool_questions
 
     world = closed_world(seed)
@@ -133,10 +133,11 @@ def build_llm_data(out: Path, seed: int) -> Path:
     write_jsonl(data / "dialogues.jsonl", dialogues(world, units, by_text, seed=seed))
     build_chain_of_modality(read_dialogues(data / "dialogues.jsonl", report, unit_index(records)),
                             data / "com", seed=seed, report=report)
-    # calculator conversations join the stage-3 file
+    # calculator conversations, and ASR/TTS in the chat template, join the stage-3 file
     com = data / "com" / "train.jsonl"
     lines = com.read_text(encoding="utf-8").splitlines()
     lines += [json.dumps(e, ensure_ascii=False) for e in tool_use_examples(tools)]
+    lines += [json.dumps(e, ensure_ascii=False) for e in task_examples(train_rows, per_text=2, seed=seed)]
     com.write_text("\n".join(lines) + "\n", encoding="utf-8")
     if len(report):
         log.warning("%s", report.summary())

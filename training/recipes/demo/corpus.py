@@ -1,7 +1,7 @@
 """Speech for the demo recipe, synthesized with espeak-ng: several voices, speeds and pitches.
 
-Each text of the closed world is spoken once by every training voice, with a speed and a
-pitch drawn per clip from a seeded generator; the held-out voice speaks every question and
+Each text of the closed world is spoken by six of the ten training voices (drawn per text),
+with a speed and a pitch drawn per clip from a seeded generator; the held-out voice speaks every question and
 answer once, for evaluation only. Clips are 16 kHz mono PCM_16 wav files (espeak-ng's 22.05
 kHz output resampled with soxr), listed in ``manifest.jsonl`` as the ``data units`` command
 reads it: ``{"id", "audio", "text", "voice", "split"}``.
@@ -26,8 +26,13 @@ __all__ = ["HELD_OUT_VOICE", "TRAIN_VOICES", "Clip", "synthesize_corpus"]
 
 TRAIN_VOICES: tuple[str, ...] = (
     "en-us", "en-us+m3", "en-us+f2", "en-gb+m1", "en-gb-x-rp+f3", "en-029+m5",
+    "en-us+m1", "en-gb+f1", "en-gb-scotland+m4", "en-us+f5",
 )
 """espeak-ng voices (language + variant) of the training clips."""
+
+VOICES_PER_TEXT = 6
+"""Training voices that speak each text (drawn per text): more voices than recordings per
+text, so that the model hears many voices without more data."""
 
 HELD_OUT_VOICE = "en-us+f4"
 """A voice never heard in training: the quality benchmark's."""
@@ -59,12 +64,13 @@ def _espeak() -> str:
 
 
 def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int) -> list[Clip]:
-    """The clips of the corpus: every train text in every train voice, every eval text in the held-out voice."""
+    """The clips of the corpus: each train text in :data:`VOICES_PER_TEXT` train voices, every
+    eval text in the held-out voice; speeds and pitches drawn per clip."""
     rng = random.Random(seed)
     clips = []
     for t, text in enumerate(train_texts):
-        for v, voice in enumerate(TRAIN_VOICES):
-            clips.append(Clip(f"t{t:04d}_v{v}", text, voice, rng.randint(135, 185),
+        for v in sorted(rng.sample(range(len(TRAIN_VOICES)), VOICES_PER_TEXT)):
+            clips.append(Clip(f"t{t:04d}_v{v}", text, TRAIN_VOICES[v], rng.randint(135, 185),
                               rng.randint(30, 70), "train"))
     for t, text in enumerate(eval_texts):
         clips.append(Clip(f"h{t:04d}", text, HELD_OUT_VOICE, 160, 50, "heldout_voice"))

@@ -25,7 +25,9 @@ from speechgpt_agent.prompt import (
 
 from .world import QA, ToolQuestion
 
-__all__ = ["calculator_system_prompt", "dialogues", "tokenizer_corpus", "tool_use_examples"]
+__all__ = [
+    "calculator_system_prompt", "dialogues", "task_examples", "tokenizer_corpus", "tool_use_examples",
+]
 
 CALCULATOR_DESCRIPTION = "Evaluate an arithmetic expression on numbers, such as 1234 * 5678."
 
@@ -68,6 +70,32 @@ def tool_use_examples(questions: Sequence[ToolQuestion]) -> list[dict[str, str]]
             prompt = build_prompt(turn.text, history=turn.history, system=system)
             prefix, rest = _split_prompt(prompt, build_prompt("x", system=system).split("[Human]")[0])
             out.append({"prefix": prefix, "plain_text": rest + chain_of_modality_answer(text=answer) + "."})
+    return out
+
+
+def task_examples(records: Sequence[dict[str, Any]], *, per_text: int, seed: int) -> list[dict[str, str]]:
+    """ASR and TTS samples in the runtime's chat template (``<eoh>. [SpeechGPT]: ``).
+
+    Stage 2's files keep the original README's spacing (``<eoh> [SpeechGPT]:``), but
+    ``SpeechGPT.transcribe``/``speak`` send the chat template, as the original CLI did; the
+    released model learned that form from its larger data. The demo model sees it here, in
+    stage 3: ``per_text`` recordings of each text, with the default instructions.
+    """
+    from speechgpt_agent.prompt import EOA, build_prompt, escape_user_text, format_units
+
+    rng = random.Random(seed)
+    by_text: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_text.setdefault(r["text"], []).append(r)
+    out = []
+    for text in sorted(by_text):
+        for r in rng.sample(by_text[text], min(per_text, len(by_text[text]))):
+            asr = build_prompt(units=r["units"], task="asr")
+            out.append({"prefix": META_INSTRUCTION,
+                        "plain_text": asr[len(META_INSTRUCTION):] + escape_user_text(text) + EOA + "."})
+            tts = build_prompt(text, task="tts")
+            out.append({"prefix": META_INSTRUCTION,
+                        "plain_text": tts[len(META_INSTRUCTION):] + format_units(r["units"]) + EOA + "."})
     return out
 
 

@@ -1,0 +1,112 @@
+"""The demo recipe's parts that need no trained model: the closed world, the data, the calculator."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from speechgpt_agent.integrations.langchain.calculator import calculator, evaluate_expression
+from speechgpt_agent.training.recipes.demo.corpus import HELD_OUT_VOICE, TRAIN_VOICES, plan_clips
+from speechgpt_agent.training.recipes.demo.llm_data import calculator_system_prompt, dialogues, tool_use_examples
+from speechgpt_agent.training.recipes.demo.world import NUMBER_WORDS, closed_world, tool_questions
+
+
+def test_closed_world_answers_are_right_and_held_out_share_is_fixed():
+    world = closed_world(0)
+    value = {w: i for i, w in enumerate(NUMBER_WORDS)}
+    arithmetic = [qa for qa in world if qa.kind == "arithmetic"]
+    assert len(arithmetic) == 121 + 66
+    for qa in arithmetic:
+        _, _, a, op, b = qa.question.split()
+        assert value[qa.answer] == (value[a] + value[b] if op == "plus" else value[a] - value[b])
+    held = [qa for qa in arithmetic if qa.held_out]
+    assert len(held) == round(0.2 * len(arithmetic))
+    assert closed_world(0) == world and closed_world(1) != world
+    assert not any(qa.held_out for qa in world if qa.kind == "fact")
+
+
+def test_held_out_questions_are_never_heard(tmp_path):
+    world = closed_world(0)
+    held = {qa.question for qa in world if qa.held_out}
+    train_texts = [qa.question for qa in world if not qa.held_out] + ["twelve", "seven"]
+    clips = plan_clips(train_texts, [qa.question for qa in world], seed=0)
+    assert {c.voice for c in clips if c.split == "train"} == set(TRAIN_VOICES)
+    assert {c.voice for c in clips if c.split != "train"} == {HELD_OUT_VOICE}
+    assert not held & {c.text for c in clips if c.split == "train"}
+    # dialogues of held-out questions carry no question audio
+    ids: dict[str, list[str]] = {}
+    units = {}
+    for c in clips:
+        if c.split == "train":
+            ids.setdefault(c.text, []).append(c.id)
+            units[c.id] = {"voice": c.voice}
+    small = [qa for qa in world if qa.answer in ("twelve", "seven")]
+    lines = dialogues(small, units, ids, seed=0)
+    for line in lines:
+        assert ("question_audio" in line) == (line["question"] not in held)
+        assert units[line["answer_audio"]]["voice"] == units[line["question_audio"]]["voice"] \
+            if "question_audio" in line else True
+
+
+def test_tool_examples_match_what_speechgptchat_sends(tiny_model_set, one_thread):
+    """The training prompts are the runtime's prompts, character for character."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from speechgpt_agent.integrations.langchain import SpeechGPTChat
+
+    q = tool_questions(1, seed=5)[0]
+    first, second = tool_use_examples([q])
+    chat = SpeechGPTChat(model=str(tiny_model_set.model), adapter=str(tiny_model_set.adapter),
+                         speech_tokenizer=str(tiny_model_set.speech_tokenizer), vocoder="",
+                         quantization=None, modalities=["text"], max_tokens=3, seed=0)
+    runtime = chat.runtime
+    prompts: list[str] = []
+    real_prepare = runtime._prepare
+
+    def spy(*args, **kwargs):
+        turn = real_prepare(*args, **kwargs)
+        prompts.append(turn.prompt)
+        return turn
+
+    runtime._prepare = spy
+    try:
+        bound = chat.bind_tools([calculator])
+        bound.invoke([HumanMessage(q.question)])
+        call = {"name": "calculator", "args": {"expression": q.expression}, "id": "call_0"}
+        bound.invoke([HumanMessage(q.question), AIMessage("", tool_calls=[call]),
+                      ToolMessage(q.result, tool_call_id="call_0", name="calculator")])
+    finally:
+        del runtime._prepare
+    assert prompts[0] == first["prefix"] + first["plain_text"].rsplit("[SpeechGPT]: ", 1)[0] + "[SpeechGPT]: "
+    assert prompts[1] == second["prefix"] + second["plain_text"].rsplit("[SpeechGPT]: ", 1)[0] + "[SpeechGPT]: "
+    assert first["prefix"] == calculator_system_prompt()
+    assert first["plain_text"].endswith(f'[ta] {{"tool": "calculator", "arguments": {{"expression": "{q.expression}"}}}}<eoa>.')
+    assert second["plain_text"].endswith(f"[ta] {q.result}<eoa>.")
+
+
+def test_calculator_is_exact_and_refuses_code():
+    assert evaluate_expression("1234 * 5678") == 7006652
+    assert evaluate_expression("(2 + 3) ** 2 - 10 / 4") == 22.5
+    assert calculator.invoke({"expression": "8 / 2"}) == "4"
+    for bad in ("__import__('os')", "x + 1", "2 ** 100000", "1 / 0", "", "[1, 2]", "1 if 2 else 3"):
+        with pytest.raises(ValueError):
+            evaluate_expression(bad)
+    assert tool_questions(3, 1) == tool_questions(3, 1)
+    for q in tool_questions(20, 2):
+        assert str(evaluate_expression(q.expression)) == q.result
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_corpus_synthesis_writes_16k_clips(tmp_path):
+    import soundfile as sf
+
+    from speechgpt_agent.training.recipes.demo.corpus import synthesize_corpus
+
+    clips = plan_clips(["what is two plus two"], ["four"], seed=0)[:2]
+    manifest = synthesize_corpus(clips, tmp_path, progress=False)
+    rows = manifest.read_text().splitlines()
+    assert len(rows) == 2
+    for c in clips:
+        info = sf.info(tmp_path / "wavs" / f"{c.id}.wav")
+        assert info.samplerate == 16_000 and info.channels == 1 and 0.3 < info.duration < 5
