@@ -119,12 +119,23 @@ def lrelu_conv1d_reference(
         ValueError: mismatched shapes, bad dilation/padding, or an input shorter than the kernel.
     """
     _check_inputs(x, weight, bias, dilation, padding, residual, left_context)
-    h = x if left_context is None else torch.cat([left_context.to(x.dtype), x], dim=2)
-    h = F.leaky_relu(h.float(), slope)
-    y = F.conv1d(h, weight.float(), None if bias is None else bias.float(), dilation=dilation, padding=padding)
+    if left_context is None:
+        h = F.leaky_relu(_fp32(x), slope)
+    else:  # the concatenation is a new tensor: activated in place (no second buffer)
+        if left_context.dtype != x.dtype:
+            left_context = left_context.to(x.dtype)
+        h = _fp32(torch.cat([left_context, x], dim=2))
+        h = F.leaky_relu(h, slope, inplace=not h.requires_grad)
+    y = F.conv1d(h, _fp32(weight), None if bias is None else _fp32(bias), dilation=dilation, padding=padding)
     if residual is not None:
-        y = y + residual.float()
-    return y.to(x.dtype)
+        y += _fp32(residual)  # y is a new tensor: added in place
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t.float()``, without the call for fp32 tensors: a stream runs the reference for
+    every residual-block layer at every step, where per-call overhead counts."""
+    return t if t.dtype == torch.float32 else t.float()
 
 
 def _dot_config(x: torch.Tensor) -> tuple[str, object]:
@@ -296,13 +307,18 @@ def lrelu_conv1d(
 ) -> torch.Tensor:
     """``conv1d(leaky_relu(input)) + bias (+ residual)``, fused; see :func:`lrelu_conv1d_reference`.
 
-    Dispatches per ``SPEECHGPT_KERNELS`` (see :mod:`speechgpt_agent.kernels._dispatch`).
+    Dispatches per ``SPEECHGPT_KERNELS`` (see :mod:`speechgpt_agent.kernels._dispatch`),
+    except that the reference runs whenever autograd records (an input requires grad):
+    the Triton kernel has no backward, and training the vocoder must get its gradients.
     """
-    args = (x, weight, bias, dilation)
-    kwargs = {"padding": padding, "slope": slope, "residual": residual, "left_context": left_context}
-    if use_triton(*(t for t in (x, weight, bias, residual, left_context) if t is not None)):
-        return lrelu_conv1d_triton(*args, **kwargs)
-    return lrelu_conv1d_reference(*args, **kwargs)
+    tensors = [t for t in (x, weight, bias, residual, left_context) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        impl = lrelu_conv1d_reference
+    elif use_triton(*tensors):
+        impl = lrelu_conv1d_triton
+    else:
+        impl = lrelu_conv1d_reference
+    return impl(x, weight, bias, dilation, padding=padding, slope=slope, residual=residual, left_context=left_context)
 
 
 def _check_block(x: torch.Tensor, convs1: Sequence[nn.Conv1d], convs2: Sequence[nn.Conv1d]) -> None:

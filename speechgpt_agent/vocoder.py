@@ -46,7 +46,7 @@ from torch import nn
 from .checkpoints import load_torch_checkpoint
 from .errors import CheckpointError, ModelNotFoundError, UnitError
 from .hub import resolve_dir
-from .kernels import unit_embedding
+from .kernels import resblock, unit_embedding
 
 if TYPE_CHECKING:
     from .vocoder_stream import StreamingVocoder
@@ -338,11 +338,14 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, C, T] -> [B, C, T]."""
-        for conv1, conv2 in zip(self.convs1, self.convs2):
-            residual = conv2(F.leaky_relu(conv1(F.leaky_relu(hidden, LRELU_SLOPE)), LRELU_SLOPE))
-            hidden = residual + hidden
-        return hidden
+        """hidden [B, C, T] -> [B, C, T].
+
+        Each ``lrelu -> conv`` (and the skip add) is one fused
+        :func:`~speechgpt_agent.kernels.lrelu_conv1d`: Triton on CUDA, PyTorch elsewhere and
+        under autograd. It reads the convolutions' ``weight`` and ``bias`` (parametrizations
+        such as weight norm apply) without calling them, so hooks on them do not run.
+        """
+        return resblock(hidden, self.convs1, self.convs2, slope=LRELU_SLOPE)
 
 
 class HiFiGANGenerator(nn.Module):

@@ -9,12 +9,17 @@ window has fully arrived.
 * 'same'-padded convolution (kernel k, dilation d, padding p): starts with p zeros of
   left padding, keeps the last ``(k - 1) * d`` inputs, runs an unpadded convolution over
   cache + new input; the end of the stream appends p zeros.
+* the residual blocks' ``x + conv2(lrelu(conv1(lrelu(x))))``: each ``lrelu -> conv`` is one
+  call of :func:`speechgpt_agent.kernels.lrelu_conv1d`, given the layer's cache of
+  *pre-activation* inputs as its left context; the second call also adds the (delayed)
+  skip input. On CUDA that is the fused Triton kernel, which reads cache and input where
+  they lie; elsewhere its PyTorch reference (``SPEECHGPT_KERNELS`` overrides the choice).
 * transposed convolution (kernel K, stride u, padding p): overlap-add. Each new input
   frame adds K outputs; positions no future frame reaches (all but the last K - u) are
   emitted; the first p and last p positions are cropped, as the offline padding does.
 * pointwise layers (leaky ReLU, ReLU, LayerNorm over channels, Linear, tanh) need no state.
-* residual additions and the mean over parallel residual blocks buffer whichever
-  branch is ahead and emit the aligned prefix.
+* the residual blocks' skip inputs wait for their (delayed) branch, and the mean over
+  parallel residual blocks buffers whichever block is ahead and emits the aligned prefix.
 
 The duration predictor streams the same way over units; a unit's embedding is repeated
 into frames once its duration is known, and the frames stream through the generator.
@@ -37,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UnitError
-from .kernels import unit_embedding
+from .kernels import lrelu_conv1d, unit_embedding
 from .vocoder import LRELU_SLOPE, CodeHiFiGAN, ResBlock, UnitsLike, _as_unit_ids, durations_from_log
 
 # --------------------------------------------------------------------------- streaming layers
@@ -196,32 +201,104 @@ class _Sequential(_StreamLayer):
         return t
 
 
-class _Residual(_StreamLayer):
-    """``branch(x) + x``; the skip path waits for the (delayed) branch."""
+class _StreamLReLUConv1d(_StreamLayer):
+    """``conv(leaky_relu(x)) + bias (+ skip)`` of a residual block: a 'same'-padded stride-1
+    ``nn.Conv1d`` streamed like :class:`_StreamConv1d`, one
+    :func:`~speechgpt_agent.kernels.lrelu_conv1d` per step.
 
-    def __init__(self, branch: _StreamLayer) -> None:
-        self.branch = branch
+    The cache holds the last ``(k - 1) * d`` *pre-activation* inputs (at first the p zeros
+    of left padding: ``leaky_relu(0) = 0``) and is the kernel's left context. Lengths are
+    rounded up (:func:`_padded_length`) with zeros *in front of* the cache, whose outputs
+    are dropped: that pads the small cache rather than copying the input.
+    """
+
+    def __init__(self, conv: nn.Conv1d, slope: float) -> None:
+        if conv.stride[0] != 1 or conv.groups != 1 or not isinstance(conv.padding[0], int):
+            raise ValueError(
+                "streaming supports stride-1, ungrouped convolutions with integer padding"
+            )
+        self.conv = conv
+        self.slope = slope
+        self.pad = conv.padding[0]
+        self.context = (conv.kernel_size[0] - 1) * conv.dilation[0]
         self.reset()
 
     def reset(self) -> None:
-        self.branch.reset()
+        self.cache: torch.Tensor | None = None  # [B, C_in, <= context] inputs not yet consumed
+
+    def step(
+        self,
+        x: torch.Tensor,
+        final: bool,
+        skip: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """As :meth:`_StreamLayer.step`, plus the skip of a residual block: ``skip`` is two
+        [B, C_out, *] pieces whose concatenation starts with the inputs aligned with this
+        step's first output; as many of them as there are outputs are added to the outputs."""
+        batch, channels, new = x.shape
+        cache = x.new_zeros(batch, channels, self.pad) if self.cache is None else self.cache
+        cached = cache.shape[2]
+        ready = cached + new + (self.pad if final else 0) - self.context  # outputs now determined
+        if ready <= 0:
+            self.cache = torch.cat([cache, x], dim=2)
+            return x.new_zeros(batch, self.conv.out_channels, 0)
+        slack = _padded_length(ready, x.device) - ready  # outputs computed in front, dropped
+        context = F.pad(cache, (slack, 0)) if slack else cache
+        inputs = F.pad(x, (0, self.pad)) if final and self.pad else x  # the right padding
+        residual = None
+        if skip is not None:  # [B, C_out, slack + ready]: zeros, then the skip inputs
+            pending, fresh = skip
+            taken = min(pending.shape[2], ready)
+            pieces = [pending[:, :, :taken], fresh[:, :, : ready - taken]]
+            if slack:
+                pieces.insert(0, x.new_zeros(batch, pending.shape[1], slack))
+            residual = torch.cat(pieces, dim=2)
+        conv = self.conv
+        y = lrelu_conv1d(
+            inputs, conv.weight, conv.bias, conv.dilation[0],
+            slope=self.slope, residual=residual, left_context=context,
+        )
+        # the inputs later outputs still need: the last `keep` of cache ++ x
+        keep = max(0, cached + new - ready)
+        if keep <= new:
+            self.cache = x[:, :, new - keep :]
+        else:
+            self.cache = torch.cat([cache[:, :, cached + new - keep :], x], dim=2)
+        return y[:, :, slack:] if slack else y
+
+    def last_input_needed(self, t: int) -> int:
+        return t + self.context - self.pad
+
+
+class _StreamResidualLayer(_StreamLayer):
+    """``x + conv2(lrelu(conv1(lrelu(x))))``, one dilation of a HiFi-GAN residual block.
+
+    Two :class:`_StreamLReLUConv1d`; the second adds the skip input, which waits in
+    ``pending`` until the (delayed) branch output aligned with it is computed.
+    """
+
+    def __init__(self, conv1: nn.Conv1d, conv2: nn.Conv1d, slope: float) -> None:
+        self.conv1 = _StreamLReLUConv1d(conv1, slope)
+        self.conv2 = _StreamLReLUConv1d(conv2, slope)
+        self.reset()
+
+    def reset(self) -> None:
+        self.conv1.reset()
+        self.conv2.reset()
         self.pending: torch.Tensor | None = None  # inputs whose branch output has not arrived
 
     def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
-        out = self.branch.step(x, final)  # a fresh tensor: added to in place
         pending = x[:, :, :0] if self.pending is None else self.pending
+        out = self.conv2.step(self.conv1.step(x, final), final, skip=(pending, x))
         n, waiting = out.shape[2], pending.shape[2]
         if n <= waiting:
-            out += pending[:, :, :n]
             self.pending = torch.cat([pending[:, :, n:], x], dim=2)
         else:
-            out[:, :, :waiting] += pending
-            out[:, :, waiting:] += x[:, :, : n - waiting]
             self.pending = x[:, :, n - waiting :]
         return out
 
     def last_input_needed(self, t: int) -> int:
-        return max(t, self.branch.last_input_needed(t))
+        return max(t, self.conv1.last_input_needed(self.conv2.last_input_needed(t)))
 
 
 class _Mean(_StreamLayer):
@@ -272,16 +349,7 @@ def _channel_layer(module: nn.Module) -> _Pointwise:
 def _stream_resblock(block: ResBlock) -> _StreamLayer:
     return _Sequential(
         [
-            _Residual(
-                _Sequential(
-                    [
-                        _leaky_relu(LRELU_SLOPE),
-                        _StreamConv1d(c1),
-                        _leaky_relu(LRELU_SLOPE),
-                        _StreamConv1d(c2),
-                    ]
-                )
-            )
+            _StreamResidualLayer(c1, c2, LRELU_SLOPE)
             for c1, c2 in zip(block.convs1, block.convs2)
         ]
     )

@@ -16,6 +16,9 @@ HOP = 320
 TOLERANCE = 1e-4
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: 2 OpenMP threads spin-wait
+
+
 @pytest.fixture(scope="module")
 def vocoder(tmp_path_factory):
     return UnitVocoder.from_pretrained(
