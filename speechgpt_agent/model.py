@@ -588,6 +588,22 @@ class SpeechGPTModel:
             raise ValueError("the prompt is not valid Unicode: it holds lone surrogates.")
         return self.tokenizer.encode(prompt, add_special_tokens=True)
 
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """:meth:`encode` for a prompt that the model continues, with token healing.
+
+        The chat template ends in a space (``[SpeechGPT]: ``), which sentencepiece turns into
+        a lone ``▁`` piece; in the training texts that space always belongs to the answer's
+        first word (``▁what``), so a prompt ending in a lone ``▁`` asks the model to continue
+        from a token it never saw there. The lone ``▁`` is dropped here and the model writes
+        it back as part of its first word (small models depend on this; the 7B model copes
+        either way).
+        """
+        ids = self.encode(prompt)
+        if prompt.endswith(" ") and len(ids) > 1 and \
+                self.tokenizer.convert_ids_to_tokens(ids[-1]) == "\u2581":
+            ids = ids[:-1]
+        return ids
+
     def count_tokens(self, prompt: str) -> int:
         """Length of :meth:`encode`; pass it to ``build_prompt(count_tokens=...)``."""
         return len(self.encode(prompt))

@@ -378,7 +378,7 @@ class SpeechGPT:
             raise ValueError(f"output must be 'text', 'speech' or 'both', got {output!r}.")
         opts = options or GenerationOptions()
         turn = self._prepare(text, audio, sample_rate, task, history, system, opts)
-        input_ids = self.model.encode(turn.prompt)
+        input_ids = self.model.encode_prompt(turn.prompt)
         tokens = self.model.generate_stream(input_ids, opts, seed=seed, logits_processors=logits_processors)
         return self._run(turn, tokens, output, DEFAULT_AUDIO_CHUNK_UNITS if audio_chunk_units is None
                          else audio_chunk_units)
