@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,11 @@ LLM_DIMS = {"hidden_size": 256, "layers": 4, "heads": 4, "intermediate_size": 76
             "base_vocab_size": 700, "max_position_embeddings": 1024}
 NUM_UNITS = 100
 TOOL_QUESTIONS = 160
+TOOL_REPEATS = 4
+"""Each calculator conversation appears this often in stage 3 (they are 2% of it otherwise)."""
+COM_FORMATS = ("s2s", "t2t")
+EXTRA_RECORDINGS = 12
+"""Extra recordings of each spoken question, for stage 3 only (see corpus.plan_clips)."""
 DEMO_QUESTION_TEXT = "what is seven plus five"
 """The bundled question (held out: never heard in training)."""
 
@@ -47,7 +53,7 @@ STAGE_ARGS: dict[str, list[str]] = {
            "--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "1",
            "--warmup-ratio", "0.03", "--lr-scheduler-type", "cosine", "--val-set-size", "32",
            "--loss-on", "response"],
-    "com": ["--num-train-epochs", "3", "--learning-rate", "2e-3", "--model-max-length", "640",
+    "com": ["--max-steps", "900", "--learning-rate", "2e-3", "--model-max-length", "640",
             "--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "1",
             "--warmup-ratio", "0.03", "--lr-scheduler-type", "cosine", "--val-set-size", "32",
             "--loss-on", "response", "--lora-r", "64", "--lora-alpha", "64",
@@ -76,7 +82,9 @@ def build_corpus(out: Path, seed: int) -> Path:
     world = closed_world(seed)
     train_texts = [q.question for q in world if not q.held_out] + spoken_answers(world)
     eval_texts = [q.question for q in world] + spoken_answers(world)
-    return synthesize_corpus(plan_clips(train_texts, eval_texts, seed), out / "corpus")
+    extra_texts = [q.question for q in world if not q.held_out]
+    return synthesize_corpus(plan_clips(train_texts, eval_texts, seed, extra_texts=extra_texts,
+                                        extra_per_text=EXTRA_RECORDINGS), out / "corpus")
 
 
 def build_units(out: Path, seed: int) -> Path:
@@ -131,13 +139,35 @@ def build_llm_data(out: Path, seed: int) -> Path:
         by_text.setdefault(r["text"], []).append(r["id"])
     units = {r["id"]: r for r in train_rows}
     write_jsonl(data / "dialogues.jsonl", dialogues(world, units, by_text, seed=seed))
+    # one answer form per input form, so that greedy decoding never has to guess: spoken
+    # questions get spoken answers (s2s), written ones written answers (t2t)
     build_chain_of_modality(read_dialogues(data / "dialogues.jsonl", report, unit_index(records)),
-                            data / "com", seed=seed, report=report)
-    # calculator conversations, and ASR/TTS in the chat template, join the stage-3 file
+                            data / "com", formats=COM_FORMATS, seed=seed, report=report)
+    # the extra recordings of the spoken questions: speech-in formats only
+    extra_rows = [r for r in rows if r["split"] == "train_extra"]
+    write_jsonl(data / "units.extra.jsonl", extra_rows)
+    extra_records = read_unit_records([data / "units.extra.jsonl"], report)
+    extra_by_text: dict[str, list[str]] = {}
+    for r in extra_rows:
+        extra_by_text.setdefault(r["text"], []).append(r["id"])
+    both = {**units, **{r["id"]: r for r in extra_rows}}
+    extra_lines = [d for d in dialogues([qa for qa in world if qa.question in extra_by_text], both,
+                                        {**by_text, **extra_by_text}, seed=seed)
+                   if d.get("question_audio") in extra_by_text.get(d["question"], ())]
+    write_jsonl(data / "dialogues.extra.jsonl", extra_lines)
+    build_chain_of_modality(read_dialogues(data / "dialogues.extra.jsonl", report,
+                                           unit_index(list(records) + list(extra_records))),
+                            data / "com_extra", formats=("s2s",), seed=seed, report=report)
+    # calculator conversations, ASR/TTS in the chat template, and the extra recordings join
+    # the stage-3 file
     com = data / "com" / "train.jsonl"
     lines = com.read_text(encoding="utf-8").splitlines()
-    lines += [json.dumps(e, ensure_ascii=False) for e in tool_use_examples(tools)]
+    lines += [json.dumps(e, ensure_ascii=False) for e in tool_use_examples(tools)] * TOOL_REPEATS
     lines += [json.dumps(e, ensure_ascii=False) for e in task_examples(train_rows, per_text=2, seed=seed)]
+    lines += [json.dumps(e, ensure_ascii=False)
+              for e in task_examples(extra_rows, per_text=EXTRA_RECORDINGS, seed=seed, tts=False)]
+    lines += (data / "com_extra" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    random.Random(seed).shuffle(lines)
     com.write_text("\n".join(lines) + "\n", encoding="utf-8")
     if len(report):
         log.warning("%s", report.summary())

@@ -1,0 +1,97 @@
+"""The embedded demo model: behaviour floors on a fixed subset of the quality benchmark.
+
+The clips in tests/data/demo are the held-out voice (espeak-ng en-us+f4, never heard in
+training) asking questions; four of them were never heard in training in any voice (the
+arithmetic ones marked ``held_out_question``). benchmarks/demo_quality.py measures the full
+set; these floors sit below its figures so that a broken runtime, loader or export fails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from speechgpt_agent.demo import DEMO_DIR, DEMO_NAME, demo_parts
+from speechgpt_agent.model import GenerationOptions
+
+DATA = Path(__file__).parent / "data" / "demo"
+CLIPS = json.loads((DATA / "clips.json").read_text())
+pytestmark = pytest.mark.skipif(
+    not (DEMO_DIR / "llm").is_dir(),
+    reason="the demo model is not exported into speechgpt_agent/assets/demo yet "
+           "(python -m speechgpt_agent.training.recipes.demo --export)")
+GREEDY = GenerationOptions(do_sample=False, max_new_tokens=300, min_new_tokens=0)
+
+
+def _norm(text: str) -> str:
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+@pytest.fixture(scope="module")
+def demo(one_thread):
+    from speechgpt_agent.pipeline import SpeechGPT
+
+    return SpeechGPT.from_pretrained(DEMO_NAME, quantization=None, progress=False)
+
+
+def test_demo_is_small_and_complete():
+    parts = demo_parts()
+    total = sum(f.stat().st_size for p in (parts.model, parts.adapter, parts.speech_tokenizer, parts.vocoder)
+                for f in p.rglob("*") if f.is_file())
+    assert total <= 25 * 2**20
+    card = json.loads((parts.model.parent / "card.json").read_text())
+    assert card["asr_exact"] >= 0.8
+
+
+def test_demo_transcribes_a_voice_it_never_heard(demo):
+    right = sum(_norm(demo.transcribe(DATA / name, options=GREEDY)) == _norm(meta["question"])
+                for name, meta in CLIPS.items())
+    assert right >= 5, f"{right}/6 exact transcripts"
+
+
+def test_demo_answers_spoken_questions_through_the_chain_of_modality(demo):
+    right = 0
+    for name, meta in CLIPS.items():
+        response = demo.chat(audio=DATA / name, output="both", options=GREEDY)
+        right += _norm(response.text) == _norm(meta["answer"])
+        assert _norm(response.transcript) and response.units, "a chain-of-modality answer has all parts"
+    assert right >= 4, f"{right}/6 right answers"
+
+
+def test_demo_speaks_its_answer_so_that_it_can_hear_it_again(demo):
+    response = demo.chat(audio=DATA / "what_is_eight_plus_five.wav", output="both", options=GREEDY)
+    assert response.audio is not None and response.sample_rate == 16_000
+    echo = demo.transcribe(response.audio, sample_rate=response.sample_rate, options=GREEDY)
+    assert _norm(echo) == _norm(response.text)
+
+
+def test_demo_calls_the_calculator_and_answers_from_its_result(one_thread):
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    from speechgpt_agent.integrations.langchain import SpeechGPTChat, calculator
+
+    chat = SpeechGPTChat(model="demo", quantization=None, modalities=["text"], temperature=0.0,
+                         min_new_tokens=0, max_tokens=200).bind_tools([calculator])
+    question = HumanMessage("what is 4321 times 1234")
+    ai = chat.invoke([question])
+    assert ai.tool_calls and ai.tool_calls[0]["name"] == "calculator"
+    assert ai.tool_calls[0]["args"] == {"expression": "4321 * 1234"}
+    result = calculator.invoke(ai.tool_calls[0]["args"])
+    final = chat.invoke([question, ai, ToolMessage(result, tool_call_id=ai.tool_calls[0]["id"], name="calculator")])
+    assert final.text.strip() == str(4321 * 1234)
+
+
+def test_demo_command(tmp_path, capsys, one_thread):
+    from speechgpt_agent.cli import main
+
+    out = tmp_path / "answer.wav"
+    assert main(["demo", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "transcript: what is seven plus five" in printed
+    assert "answer: twelve" in printed
+    assert f"agent answer: {1234 * 5678}" in printed
+    assert out.is_file() and out.stat().st_size > 1000
+
+
