@@ -63,9 +63,17 @@ def _espeak() -> str:
     return exe
 
 
-def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int) -> list[Clip]:
-    """The clips of the corpus: each train text in :data:`VOICES_PER_TEXT` train voices, every
-    eval text in the held-out voice; speeds and pitches drawn per clip."""
+def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int, *,
+               extra_texts: Sequence[str] = (), extra_per_text: int = 0) -> list[Clip]:
+    """The clips of the corpus.
+
+    * ``train``: each of ``train_texts`` in :data:`VOICES_PER_TEXT` train voices;
+    * ``heldout_voice``: each of ``eval_texts`` in :data:`HELD_OUT_VOICE`;
+    * ``train_extra``: ``extra_per_text`` more recordings of each of ``extra_texts``, in
+      train voices drawn with repetition (speeds and pitches differ). Only stage 3 uses them:
+      more recordings of the spoken questions teach the model to hear words, not to learn
+      recordings by heart. Drawn from their own generator, so the other clips do not change.
+    """
     rng = random.Random(seed)
     clips = []
     for t, text in enumerate(train_texts):
@@ -74,6 +82,11 @@ def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int)
                               rng.randint(30, 70), "train"))
     for t, text in enumerate(eval_texts):
         clips.append(Clip(f"h{t:04d}", text, HELD_OUT_VOICE, 160, 50, "heldout_voice"))
+    extra = random.Random(seed + 1)
+    for t, text in enumerate(extra_texts):
+        for k in range(extra_per_text):
+            clips.append(Clip(f"x{t:04d}_{k:02d}", text, extra.choice(TRAIN_VOICES), extra.randint(125, 195),
+                              extra.randint(20, 80), "train_extra"))
     return clips
 
 

@@ -73,13 +73,15 @@ def tool_use_examples(questions: Sequence[ToolQuestion]) -> list[dict[str, str]]
     return out
 
 
-def task_examples(records: Sequence[dict[str, Any]], *, per_text: int, seed: int) -> list[dict[str, str]]:
+def task_examples(records: Sequence[dict[str, Any]], *, per_text: int, seed: int,
+                  tts: bool = True) -> list[dict[str, str]]:
     """ASR and TTS samples in the runtime's chat template (``<eoh>. [SpeechGPT]: ``).
 
     Stage 2's files keep the original README's spacing (``<eoh> [SpeechGPT]:``), but
     ``SpeechGPT.transcribe``/``speak`` send the chat template, as the original CLI did; the
     released model learned that form from its larger data. The demo model sees it here, in
-    stage 3: ``per_text`` recordings of each text, with the default instructions.
+    stage 3: ``per_text`` recordings of each text, with the default instructions (ASR, and
+    TTS unless ``tts`` is False).
     """
     from speechgpt_agent.prompt import EOA, build_prompt, escape_user_text, format_units
 
@@ -93,9 +95,11 @@ def task_examples(records: Sequence[dict[str, Any]], *, per_text: int, seed: int
             asr = build_prompt(units=r["units"], task="asr")
             out.append({"prefix": META_INSTRUCTION,
                         "plain_text": asr[len(META_INSTRUCTION):] + escape_user_text(text) + EOA + "."})
-            tts = build_prompt(text, task="tts")
+            if not tts:
+                continue
+            spoken = build_prompt(text, task="tts")
             out.append({"prefix": META_INSTRUCTION,
-                        "plain_text": tts[len(META_INSTRUCTION):] + format_units(r["units"]) + EOA + "."})
+                        "plain_text": spoken[len(META_INSTRUCTION):] + format_units(r["units"]) + EOA + "."})
     return out
 
 
