@@ -160,9 +160,13 @@ def test_escaped_prompt_has_exactly_the_template_tokens(tok_vocab, question, ans
     assert added == [vocab.bos_id, *turn, *turn]
 
 
-@given(st.text(alphabet=st.characters(blacklist_characters="<[")))
+@given(st.text(alphabet=st.characters(blacklist_characters="<[", blacklist_categories=("Cs",))))
 def test_escape_leaves_other_text_alone(text):
     assert escape_user_text(text) == text
+
+
+def test_escape_replaces_lone_surrogates():
+    assert escape_user_text("a\ud800b") == "a\ufffdb"
 
 
 def test_history_is_rendered_and_trimmed_to_the_budget(tok_vocab):
