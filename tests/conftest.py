@@ -37,3 +37,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def run_interpreted(tmp_path):
+    """Run the tests of one file again in a fresh ``TRITON_INTERPRET=1`` pytest process.
+
+    Triton reads ``TRITON_INTERPRET`` only when it is imported, so interpreted kernel tests
+    need their own process. The child's working folder is outside the repository: our
+    ``kernels/`` folder must never be importable as a top-level module. Asserts that the
+    child passed and really interpreted (its interpreter-only tests were not skipped).
+    """
+    import os
+    import subprocess
+    import sys
+
+    def run(test_file: str) -> None:
+        root = Path(__file__).resolve().parents[1]
+        env = {k: v for k, v in os.environ.items() if k != "SPEECHGPT_KERNELS"}
+        env["TRITON_INTERPRET"] = "1"
+        config = ["-c", str(root / "pyproject.toml"), "--rootdir", str(root)] \
+            if (root / "pyproject.toml").is_file() else []
+        child = subprocess.run(
+            [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main())", test_file, *config, "-rs"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
+        )
+        report = child.stdout[-6000:] + child.stderr[-3000:]
+        assert child.returncode == 0, report
+        assert " passed" in report and " failed" not in report, report
+        assert "fresh TRITON_INTERPRET=1 process" not in report, report  # the child did interpret
+
+    return run
