@@ -15,6 +15,7 @@ import pytest
 
 from speechgpt_agent.demo import DEMO_DIR, DEMO_NAME, demo_parts
 from speechgpt_agent.model import GenerationOptions
+from speechgpt_agent.training.recipes.demo.evaluate import normalize as _norm
 
 DATA = Path(__file__).parent / "data" / "demo"
 CLIPS = json.loads((DATA / "clips.json").read_text())
@@ -23,10 +24,6 @@ pytestmark = pytest.mark.skipif(
     reason="the demo model is not exported into speechgpt_agent/assets/demo yet "
            "(python -m speechgpt_agent.training.recipes.demo --export)")
 GREEDY = GenerationOptions(do_sample=False, max_new_tokens=300, min_new_tokens=0)
-
-
-def _norm(text: str) -> str:
-    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
 @pytest.fixture(scope="module")
