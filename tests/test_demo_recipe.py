@@ -11,6 +11,7 @@ from speechgpt_agent.training.recipes.demo.corpus import HELD_OUT_VOICE, TRAIN_V
 from speechgpt_agent.training.recipes.demo.llm_data import (
     calculator_system_prompt,
     dialogues,
+    knowledge_examples,
     tool_use_examples,
 )
 from speechgpt_agent.training.recipes.demo.world import NUMBER_WORDS, closed_world, tool_questions
@@ -89,6 +90,24 @@ def test_tool_examples_match_what_speechgptchat_sends(tiny_model_set, one_thread
     assert first["prefix"] == calculator_system_prompt()
     assert first["plain_text"].endswith(f'[ta] {{"tool": "calculator", "arguments": {{"expression": "{q.expression}"}}}}<eoa>.')
     assert second["plain_text"].endswith(f"[ta] {q.result}<eoa>.")
+
+
+def test_knowledge_examples_are_the_runtimes_text_turns(tiny_model_set, one_thread):
+    """Every question of the closed world, held-out ones included, as the text turn the runtime sends."""
+    from speechgpt_agent.model import GenerationOptions
+    from speechgpt_agent.pipeline import SpeechGPT
+
+    world = closed_world(0)
+    examples = knowledge_examples(world, repeats=3)
+    assert len(examples) == 3 * len(world)
+    by_prompt = {e["plain_text"].rsplit("[SpeechGPT]: ", 1)[0]: e for e in examples}
+    assert len(by_prompt) == len(world)
+    runtime = SpeechGPT.from_pretrained(tiny_model_set.model, tiny_model_set.adapter,
+                                        speech_tokenizer=tiny_model_set.speech_tokenizer,
+                                        vocoder=tiny_model_set.vocoder, progress=False)
+    held = next(qa for qa in world if qa.held_out)
+    turn = runtime._prepare(held.question, None, None, None, (), None, GenerationOptions())
+    assert turn.prompt + f"[ta] {held.answer}<eoa>." in {e["prefix"] + e["plain_text"] for e in examples}
 
 
 def test_calculator_is_exact_and_refuses_code():

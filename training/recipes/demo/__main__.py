@@ -39,6 +39,10 @@ NUM_UNITS = 100
 TOOL_QUESTIONS = 160
 TOOL_REPEATS = 4
 """Each calculator conversation appears this often in stage 3 (they are 2% of it otherwise)."""
+KNOWLEDGE_REPEATS = 10
+"""Each closed-world question answered in text appears this often in stage 2 (see llm_data.knowledge_examples)."""
+CM_TOOL_REPEATS = 2
+"""Each calculator conversation appears this often in stage 2."""
 COM_FORMATS = ("s2s", "t2t")
 EXTRA_RECORDINGS = 12
 """Extra recordings of each spoken question, for stage 3 only (see corpus.plan_clips)."""
@@ -49,16 +53,16 @@ STAGE_ARGS: dict[str, list[str]] = {
     "ma": ["--block-size", "512", "--num-train-epochs", "4", "--learning-rate", "1e-3",
            "--per-device-train-batch-size", "8", "--gradient-accumulation-steps", "1",
            "--warmup-ratio", "0.05", "--lr-scheduler-type", "cosine", "--val-set-size", "8"],
-    "cm": ["--num-train-epochs", "6", "--learning-rate", "1e-3", "--model-max-length", "512",
+    "cm": ["--num-train-epochs", "5", "--learning-rate", "1e-3", "--model-max-length", "512",
            "--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "1",
            "--warmup-ratio", "0.03", "--lr-scheduler-type", "cosine", "--val-set-size", "32",
-           "--loss-on", "response"],
-    "com": ["--max-steps", "900", "--learning-rate", "2e-3", "--model-max-length", "640",
+           "--loss-on", "response", "--trainer-arg", "train_sampling_strategy=group_by_length"],
+    "com": ["--num-train-epochs", "2", "--learning-rate", "2e-3", "--model-max-length", "640",
             "--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "1",
             "--warmup-ratio", "0.03", "--lr-scheduler-type", "cosine", "--val-set-size", "32",
             "--loss-on", "response", "--lora-r", "64", "--lora-alpha", "64",
             "--lora-target-modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-            "--train-new-tokens"],
+            "--train-new-tokens", "--trainer-arg", "train_sampling_strategy=group_by_length"],
 }
 """Overrides of the original hyper-parameters for a 4M-parameter model trained from scratch."""
 
@@ -121,7 +125,14 @@ def build_llm_data(out: Path, seed: int) -> Path:
     )
     from speechgpt_agent.training.records import SkipReport
 
-    from .llm_data import dialogues, task_examples, tokenizer_corpus, tool_use_examples, write_jsonl
+    from .llm_data import (
+        dialogues,
+        knowledge_examples,
+        task_examples,
+        tokenizer_corpus,
+        tool_use_examples,
+        write_jsonl,
+    )
     from .world import closed_world, tool_questions
 
     world = closed_world(seed)
@@ -134,6 +145,14 @@ def build_llm_data(out: Path, seed: int) -> Path:
     records = read_unit_records([data / "units.train.jsonl"], report)
     build_unit_corpus(records, data / "ma", seed=seed, report=report)
     build_cross_modal(records, data / "cm", seed=seed, report=report)
+    # stage 2 also learns the closed world's answers and the calculator form in text (full
+    # fine-tuning): what LLaMA brings from its text pretraining to the released model
+    cm = data / "cm" / "train.jsonl"
+    cm_lines = cm.read_text(encoding="utf-8").splitlines()
+    cm_lines += [json.dumps(e, ensure_ascii=False) for e in knowledge_examples(world, repeats=KNOWLEDGE_REPEATS)]
+    cm_lines += [json.dumps(e, ensure_ascii=False) for e in tool_use_examples(tools)] * CM_TOOL_REPEATS
+    random.Random(seed).shuffle(cm_lines)
+    cm.write_text("\n".join(cm_lines) + "\n", encoding="utf-8")
     by_text: dict[str, list[str]] = {}
     for r in train_rows:
         by_text.setdefault(r["text"], []).append(r["id"])

@@ -26,7 +26,8 @@ from speechgpt_agent.prompt import (
 from .world import QA, ToolQuestion
 
 __all__ = [
-    "calculator_system_prompt", "dialogues", "task_examples", "tokenizer_corpus", "tool_use_examples",
+    "calculator_system_prompt", "dialogues", "knowledge_examples", "task_examples", "tokenizer_corpus",
+    "tool_use_examples",
 ]
 
 CALCULATOR_DESCRIPTION = "Evaluate an arithmetic expression on numbers, such as 1234 * 5678."
@@ -70,6 +71,26 @@ def tool_use_examples(questions: Sequence[ToolQuestion]) -> list[dict[str, str]]
             prompt = build_prompt(turn.text, history=turn.history, system=system)
             prefix, rest = _split_prompt(prompt, build_prompt("x", system=system).split("[Human]")[0])
             out.append({"prefix": prefix, "plain_text": rest + chain_of_modality_answer(text=answer) + "."})
+    return out
+
+
+def knowledge_examples(world: Sequence[QA], *, repeats: int) -> list[dict[str, str]]:
+    """Every question of the closed world answered in text (``t2t``), ``repeats`` times each.
+
+    The released SpeechGPT answers from what LLaMA learned from text; a model trained from
+    scratch knows nothing, so the recipe teaches the closed world's answers in text during the
+    full fine-tuning of stage ``cm`` (LoRA alone in stage ``com`` did not memorize them: in
+    recipe run 1, 1 of 20 text questions right). Held-out questions are included: their
+    answers are known in text, only their speech is never heard. The samples are exactly the
+    runtime's text turns (:func:`~speechgpt_agent.prompt.build_prompt` and
+    :func:`~speechgpt_agent.prompt.chain_of_modality_answer`).
+    """
+    out = []
+    for qa in world:
+        prompt = build_prompt(qa.question)
+        sample = {"prefix": META_INSTRUCTION,
+                  "plain_text": prompt[len(META_INSTRUCTION):] + chain_of_modality_answer(text=qa.answer) + "."}
+        out += [sample] * repeats
     return out
 
 
