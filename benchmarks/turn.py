@@ -11,6 +11,12 @@ speech (a random-weight model would otherwise answer at random lengths). The LLM
 LLaMA of 8 x 1024 layers (random weights, SpeechGPT vocabulary layout) loaded in NF4 on
 this CPU; the vocoder has the released sizes (512 channels) with random weights.
 
+Its sentencepiece tokenizer is trained on English text (the meta instruction, the task
+templates, everyday words) so that, like LLaMA's 32000-piece vocabulary, it writes common
+words as one piece: the prompt and the answer's text then take about as many tokens as with
+the released model (the counts are in the JSON). A tokenizer trained on five sentences
+spelled "twelve" letter by letter and doubled the text part of every answer.
+
 Memory: NF4 vs bf16 weights of that LLM, whose linear layers hold >= 90% of the parameters
 (as in LLaMA-7B, 96%), measured as the loaded model's footprint.
 
@@ -46,11 +52,33 @@ from speechgpt_agent.vocoder import UnitVocoder
 QUESTION = Path(__file__).resolve().parent.parent / "tests" / "data" / "question_22k_stereo.flac"
 
 
+ANSWER_TEXT = "what is seven plus five; [ta] Seven plus five is twelve.; [ua] "
+"""The text part of the steered answer (transcript and text answer)."""
+
+EVERYDAY_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen twenty "
+    "what is are was the a an of to in and or for with on at by from this that it you I we "
+    "plus minus times how many much where when who why which can could would should say "
+    "hello thank please answer question speech text audio speak listen read write hear "
+    "today weather time day week year good great yes no"
+).split()
+
+
+def english_corpus() -> list[str]:
+    """Text the benchmark's tokenizer is trained on (LLaMA's vocabulary covers all of it)."""
+    from speechgpt_agent.prompt import META_INSTRUCTION
+    from speechgpt_agent.training.builders import ASR_TEMPLATES, TTS_TEMPLATES
+
+    words = EVERYDAY_WORDS + [w.capitalize() for w in EVERYDAY_WORDS]
+    return ([META_INSTRUCTION, *ASR_TEMPLATES, *TTS_TEMPLATES, ANSWER_TEXT] + words) * 4
+
+
 def build_models(cache: Path) -> tuple[Path, Path, Path]:
-    llm = cache / "llm-8x1024"
+    llm = cache / "llm-8x1024-en"
     if not (llm / "config.json").is_file():
         make_tiny_speechgpt(llm, hidden_size=1024, layers=8, heads=16, intermediate_size=2816,
-                            dtype=torch.bfloat16, safetensors=True)
+                            dtype=torch.bfloat16, safetensors=True, corpus=english_corpus(),
+                            base_vocab_size=1000)
     vocoder = cache / "vocoder-512"
     if not (vocoder / "config.json").is_file():
         make_fairseq_codehifigan(vocoder, upsample_initial_channel=512, embedding_dim=128)
@@ -69,8 +97,7 @@ def run_turn(runtime: SpeechGPT, lm: SpeechGPTModel, n_units: int) -> list[dict]
     """Streaming and batch timings of one steered answer with ``n_units`` units."""
     rng = np.random.default_rng(n_units)
     units = rng.integers(0, 1000, size=n_units).tolist()
-    answer = ("what is seven plus five; [ta] Seven plus five is twelve.; [ua] <sosp>"
-              + "".join(f"<{u}>" for u in units) + "<eosp><eoa>")
+    answer = ANSWER_TEXT + "<sosp>" + "".join(f"<{u}>" for u in units) + "<eosp><eoa>"
     ids = answer_ids(lm, answer)
     opts = GenerationOptions(max_new_tokens=len(ids) + 8)
 
@@ -96,7 +123,8 @@ def run_turn(runtime: SpeechGPT, lm: SpeechGPTModel, n_units: int) -> list[dict]
     return [
         {"answer_units": n_units, "mode": "streaming", "first_text_s": first_text, "first_audio_s": first_audio,
          "total_s": stream_total, "speech_s": streamed.duration, "speedup": batch_total / first_audio,
-         "max_abs_diff": diff},
+         "max_abs_diff": diff, "prompt_tokens": streamed.usage.prompt_tokens,
+         "answer_text_tokens": len(lm.tokenizer.tokenize(ANSWER_TEXT))},
         {"answer_units": n_units, "mode": "batch (generate, then vocode)", "first_text_s": first_text_b,
          "first_audio_s": batch_total, "total_s": batch_total, "speech_s": len(batch_audio) / 16000, "speedup": 1.0},
     ]

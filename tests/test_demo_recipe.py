@@ -12,6 +12,7 @@ from speechgpt_agent.training.recipes.demo.llm_data import (
     calculator_system_prompt,
     dialogues,
     knowledge_examples,
+    knowledge_text,
     tool_use_examples,
 )
 from speechgpt_agent.training.recipes.demo.world import NUMBER_WORDS, closed_world, tool_questions
@@ -108,6 +109,20 @@ def test_knowledge_examples_are_the_runtimes_text_turns(tiny_model_set, one_thre
     held = next(qa for qa in world if qa.held_out)
     turn = runtime._prepare(held.question, None, None, None, (), None, GenerationOptions())
     assert turn.prompt + f"[ta] {held.answer}<eoa>." in {e["prefix"] + e["plain_text"] for e in examples}
+
+
+def test_knowledge_text_states_each_answer_in_the_forms_the_model_meets_it():
+    from speechgpt_agent.prompt import META_INSTRUCTION, build_prompt, chain_of_modality_answer
+
+    world = closed_world(0)
+    lines = knowledge_text(world, repeats=2, seed=0)
+    assert len(lines) == 2 * 3 * len(world) and lines == knowledge_text(world, repeats=2, seed=0)
+    qa = next(qa for qa in world if qa.held_out)
+    spoken_answer = chain_of_modality_answer(transcript=qa.question, text=qa.answer, units=[1, 2])
+    chain = next(line for line in lines if line.startswith(qa.question + ";"))
+    assert spoken_answer.startswith(chain)  # the text part of a spoken answer, up to its units
+    turn = build_prompt(qa.question)[len(META_INSTRUCTION):] + chain_of_modality_answer(text=qa.answer)
+    assert turn + "." in lines
 
 
 def test_calculator_is_exact_and_refuses_code():

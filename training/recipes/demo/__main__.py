@@ -36,12 +36,15 @@ log = logging.getLogger("speechgpt_agent.recipes.demo")
 LLM_DIMS = {"hidden_size": 256, "layers": 4, "heads": 4, "intermediate_size": 768,
             "base_vocab_size": 700, "max_position_embeddings": 1024}
 NUM_UNITS = 100
-TOOL_QUESTIONS = 160
-TOOL_REPEATS = 4
-"""Each calculator conversation appears this often in stage 3 (they are 2% of it otherwise)."""
-KNOWLEDGE_REPEATS = 10
+TOOL_QUESTIONS = 480
+"""Calculator questions, each with fresh numbers: copying digits is learned from variety."""
+TOOL_REPEATS = 1
+"""Each calculator conversation appears this often in stage 3."""
+KNOWLEDGE_REPEATS = 30
 """Each closed-world question answered in text appears this often in stage 2 (see llm_data.knowledge_examples)."""
-CM_TOOL_REPEATS = 2
+TEXT_REPEATS = 15
+"""Each plain-text statement of an answer appears this often in stage 1 (see llm_data.knowledge_text)."""
+CM_TOOL_REPEATS = 1
 """Each calculator conversation appears this often in stage 2."""
 COM_FORMATS = ("s2s", "t2t")
 EXTRA_RECORDINGS = 12
@@ -57,7 +60,7 @@ STAGE_ARGS: dict[str, list[str]] = {
            "--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "1",
            "--warmup-ratio", "0.03", "--lr-scheduler-type", "cosine", "--val-set-size", "32",
            "--loss-on", "response", "--trainer-arg", "train_sampling_strategy=group_by_length"],
-    "com": ["--num-train-epochs", "2", "--learning-rate", "2e-3", "--model-max-length", "640",
+    "com": ["--num-train-epochs", "1", "--learning-rate", "2e-3", "--model-max-length", "640",
             "--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "1",
             "--warmup-ratio", "0.03", "--lr-scheduler-type", "cosine", "--val-set-size", "32",
             "--loss-on", "response", "--lora-r", "64", "--lora-alpha", "64",
@@ -128,6 +131,7 @@ def build_llm_data(out: Path, seed: int) -> Path:
     from .llm_data import (
         dialogues,
         knowledge_examples,
+        knowledge_text,
         task_examples,
         tokenizer_corpus,
         tool_use_examples,
@@ -144,6 +148,11 @@ def build_llm_data(out: Path, seed: int) -> Path:
     report = SkipReport("demo data")
     records = read_unit_records([data / "units.train.jsonl"], report)
     build_unit_corpus(records, data / "ma", seed=seed, report=report)
+    # stage 1's language model also reads the closed world's answers as plain text
+    ma = data / "ma" / "train.txt"
+    ma_lines = ma.read_text(encoding="utf-8").splitlines() + knowledge_text(world, repeats=TEXT_REPEATS, seed=seed)
+    random.Random(seed).shuffle(ma_lines)
+    ma.write_text("\n".join(ma_lines) + "\n", encoding="utf-8")
     build_cross_modal(records, data / "cm", seed=seed, report=report)
     # stage 2 also learns the closed world's answers and the calculator form in text (full
     # fine-tuning): what LLaMA brings from its text pretraining to the released model

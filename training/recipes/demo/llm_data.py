@@ -21,13 +21,14 @@ from speechgpt_agent.prompt import (
     SPEECHGPT,
     build_prompt,
     chain_of_modality_answer,
+    escape_user_text,
 )
 
 from .world import QA, ToolQuestion
 
 __all__ = [
-    "calculator_system_prompt", "dialogues", "knowledge_examples", "task_examples", "tokenizer_corpus",
-    "tool_use_examples",
+    "calculator_system_prompt", "dialogues", "knowledge_examples", "knowledge_text", "task_examples",
+    "tokenizer_corpus", "tool_use_examples",
 ]
 
 CALCULATOR_DESCRIPTION = "Evaluate an arithmetic expression on numbers, such as 1234 * 5678."
@@ -71,6 +72,28 @@ def tool_use_examples(questions: Sequence[ToolQuestion]) -> list[dict[str, str]]
             prompt = build_prompt(turn.text, history=turn.history, system=system)
             prefix, rest = _split_prompt(prompt, build_prompt("x", system=system).split("[Human]")[0])
             out.append({"prefix": prefix, "plain_text": rest + chain_of_modality_answer(text=answer) + "."})
+    return out
+
+
+def knowledge_text(world: Sequence[QA], *, repeats: int, seed: int) -> list[str]:
+    """Lines of plain text stating the closed world's answers, for stage ``ma``'s language model.
+
+    The stand-in for what LLaMA learned from text before SpeechGPT's stage 1, in three forms:
+    a sentence (``what is seven plus five? twelve.``), the text turn without the meta
+    instruction, and the text part of a chain-of-modality answer
+    (``what is seven plus five; [ta] twelve;``), the form in which the model meets a question
+    after transcribing it. Packed into blocks, a line costs ~15 tokens instead of the ~100 of
+    a chat sample, so the knowledge can be repeated often enough to be memorized.
+    """
+    from speechgpt_agent.prompt import TA
+
+    lines = []
+    for qa in world:
+        q, a = escape_user_text(qa.question), escape_user_text(qa.answer)
+        lines += [f"{q}? {a}.", build_prompt(qa.question)[len(META_INSTRUCTION):] + f"{TA} {a}<eoa>.",
+                  f"{q}; {TA} {a};"]
+    out = lines * repeats
+    random.Random(seed).shuffle(out)
     return out
 
 
