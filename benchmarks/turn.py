@@ -133,7 +133,7 @@ def run_turn(runtime: SpeechGPT, lm: SpeechGPTModel, n_units: int) -> list[dict]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "speechgpt-agent", "bench"))
-    parser.add_argument("--answer-units", type=int, nargs="+", default=[220, 440],
+    parser.add_argument("--answer-units", type=int, nargs="+", default=[140, 220, 440],
                         help="units in the steered answer, one run each (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (bitsandbytes CPU NF4 prefers 1)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "turn.json"))
