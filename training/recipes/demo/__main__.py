@@ -12,8 +12,9 @@ Steps (each skipped when its output exists, so a rerun resumes):
 5. ``evaluate``: the quality benchmark on held-out questions and a held-out voice;
 6. ``export`` (``--export``): copy the artifacts into ``speechgpt_agent/assets/demo``.
 
-Reproducible from ``--seed``. On 2 CPU cores the whole run takes about an hour; the
-vocoder and the LLM train at the same time, one thread each.
+Reproducible from ``--seed``. On 2 CPU cores a whole run takes about 80 minutes (the LLM's
+three stages and the evaluation took 68 min); the vocoder and the LLM train at the same
+time, one thread each.
 """
 
 from __future__ import annotations

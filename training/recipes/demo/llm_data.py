@@ -1,11 +1,16 @@
 """Training data of the demo LLM, in the SpeechInstruct formats that ``speechgpt-agent train`` reads.
 
-* stage ``ma``: the unit sequences of the training clips (``data build ma``);
-* stage ``cm``: ASR and TTS instructions over the training clips (``data build cm``);
-* stage ``com``: chain-of-modality dialogues of the closed world (``data build com``), in
-  the four formats for the questions heard in training and in the text-question formats
-  (``t2t``, ``t2s``) for the held-out ones; plus calculator tool-use conversations written
-  exactly as :class:`~speechgpt_agent.integrations.langchain.SpeechGPTChat` renders them.
+* stage ``ma``: the unit sequences of the training clips (``data build ma``), plus the
+  closed world's answers as plain text (:func:`knowledge_text`: what LLaMA knows from text
+  before SpeechGPT's stage 1);
+* stage ``cm``: ASR and TTS instructions over the training clips (``data build cm``), plus
+  every question answered in a text turn (:func:`knowledge_examples`) and the calculator
+  conversations;
+* stage ``com``: chain-of-modality dialogues of the closed world (``data build com``): spoken
+  answers to spoken questions heard in training (``s2s``) and text answers to text questions
+  (``t2t``, held-out ones included); the chat-template ASR/TTS samples
+  (:func:`task_examples`); and calculator tool-use conversations written exactly as
+  :class:`~speechgpt_agent.integrations.langchain.SpeechGPTChat` renders them.
 """
 
 from __future__ import annotations
