@@ -201,7 +201,7 @@ class _Sequential(_StreamLayer):
         return t
 
 
-class _StreamLReLUConv1d(_StreamLayer):
+class _StreamLReLUConv1d(_StreamConv1d):
     """``conv(leaky_relu(x)) + bias (+ skip)`` of a residual block: a 'same'-padded stride-1
     ``nn.Conv1d`` streamed like :class:`_StreamConv1d`, one
     :func:`~speechgpt_agent.kernels.lrelu_conv1d` per step.
@@ -213,18 +213,8 @@ class _StreamLReLUConv1d(_StreamLayer):
     """
 
     def __init__(self, conv: nn.Conv1d, slope: float) -> None:
-        if conv.stride[0] != 1 or conv.groups != 1 or not isinstance(conv.padding[0], int):
-            raise ValueError(
-                "streaming supports stride-1, ungrouped convolutions with integer padding"
-            )
-        self.conv = conv
+        super().__init__(conv)
         self.slope = slope
-        self.pad = conv.padding[0]
-        self.context = (conv.kernel_size[0] - 1) * conv.dilation[0]
-        self.reset()
-
-    def reset(self) -> None:
-        self.cache: torch.Tensor | None = None  # [B, C_in, <= context] inputs not yet consumed
 
     def step(
         self,
@@ -265,9 +255,6 @@ class _StreamLReLUConv1d(_StreamLayer):
         else:
             self.cache = torch.cat([cache[:, :, cached + new - keep :], x], dim=2)
         return y[:, :, slack:] if slack else y
-
-    def last_input_needed(self, t: int) -> int:
-        return t + self.context - self.pad
 
 
 class _StreamResidualLayer(_StreamLayer):
