@@ -117,6 +117,17 @@ def build_vocoder(out: Path, seed: int, threads: int) -> Path:
     return train_vocoder(rows, out / "vocoder", seed=seed, threads=threads)
 
 
+def _json_lines(rows: list[dict[str, Any]]) -> list[str]:
+    return [json.dumps(r, ensure_ascii=False) for r in rows]
+
+
+def _append_shuffled(path: Path, lines: list[str], seed: int) -> None:
+    """Add ``lines`` to a ``data build`` output file and shuffle the whole from ``seed``."""
+    all_lines = path.read_text(encoding="utf-8").splitlines() + lines
+    random.Random(seed).shuffle(all_lines)
+    path.write_text("\n".join(all_lines) + "\n", encoding="utf-8")
+
+
 def build_llm_data(out: Path, seed: int) -> Path:
     from speechgpt_agent.testing.llm import make_tiny_speechgpt
     from speechgpt_agent.training.builders import (
@@ -142,6 +153,7 @@ def build_llm_data(out: Path, seed: int) -> Path:
 
     world = closed_world(seed)
     tools = tool_questions(TOOL_QUESTIONS, seed)
+    tool_lines = _json_lines(tool_use_examples(tools))
     data = out / "data"
     rows = _read_jsonl(out / "units.jsonl")
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -150,19 +162,12 @@ def build_llm_data(out: Path, seed: int) -> Path:
     records = read_unit_records([data / "units.train.jsonl"], report)
     build_unit_corpus(records, data / "ma", seed=seed, report=report)
     # stage 1's language model also reads the closed world's answers as plain text
-    ma = data / "ma" / "train.txt"
-    ma_lines = ma.read_text(encoding="utf-8").splitlines() + knowledge_text(world, repeats=TEXT_REPEATS, seed=seed)
-    random.Random(seed).shuffle(ma_lines)
-    ma.write_text("\n".join(ma_lines) + "\n", encoding="utf-8")
+    _append_shuffled(data / "ma" / "train.txt", knowledge_text(world, repeats=TEXT_REPEATS, seed=seed), seed)
     build_cross_modal(records, data / "cm", seed=seed, report=report)
     # stage 2 also learns the closed world's answers and the calculator form in text (full
     # fine-tuning): what LLaMA brings from its text pretraining to the released model
-    cm = data / "cm" / "train.jsonl"
-    cm_lines = cm.read_text(encoding="utf-8").splitlines()
-    cm_lines += [json.dumps(e, ensure_ascii=False) for e in knowledge_examples(world, repeats=KNOWLEDGE_REPEATS)]
-    cm_lines += [json.dumps(e, ensure_ascii=False) for e in tool_use_examples(tools)] * CM_TOOL_REPEATS
-    random.Random(seed).shuffle(cm_lines)
-    cm.write_text("\n".join(cm_lines) + "\n", encoding="utf-8")
+    _append_shuffled(data / "cm" / "train.jsonl", _json_lines(knowledge_examples(world, repeats=KNOWLEDGE_REPEATS))
+                     + tool_lines * CM_TOOL_REPEATS, seed)
     by_text: dict[str, list[str]] = {}
     for r in train_rows:
         by_text.setdefault(r["text"], []).append(r["id"])
@@ -189,15 +194,11 @@ def build_llm_data(out: Path, seed: int) -> Path:
                             data / "com_extra", formats=("s2s",), seed=seed, report=report)
     # calculator conversations, ASR/TTS in the chat template, and the extra recordings join
     # the stage-3 file
-    com = data / "com" / "train.jsonl"
-    lines = com.read_text(encoding="utf-8").splitlines()
-    lines += [json.dumps(e, ensure_ascii=False) for e in tool_use_examples(tools)] * TOOL_REPEATS
-    lines += [json.dumps(e, ensure_ascii=False) for e in task_examples(train_rows, per_text=2, seed=seed)]
-    lines += [json.dumps(e, ensure_ascii=False)
-              for e in task_examples(extra_rows, per_text=EXTRA_RECORDINGS, seed=seed, tts=False)]
-    lines += (data / "com_extra" / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    random.Random(seed).shuffle(lines)
-    com.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _append_shuffled(data / "com" / "train.jsonl",
+                     tool_lines * TOOL_REPEATS
+                     + _json_lines(task_examples(train_rows, per_text=2, seed=seed))
+                     + _json_lines(task_examples(extra_rows, per_text=EXTRA_RECORDINGS, seed=seed, tts=False))
+                     + (data / "com_extra" / "train.jsonl").read_text(encoding="utf-8").splitlines(), seed)
     if len(report):
         log.warning("%s", report.summary())
     make_tiny_speechgpt(out / "llm_init", seed=seed, corpus=tokenizer_corpus(world, tools),

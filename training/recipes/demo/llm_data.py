@@ -24,6 +24,7 @@ from typing import Any
 from speechgpt_agent.prompt import (
     META_INSTRUCTION,
     SPEECHGPT,
+    TA,
     build_prompt,
     chain_of_modality_answer,
     escape_user_text,
@@ -90,13 +91,10 @@ def knowledge_text(world: Sequence[QA], *, repeats: int, seed: int) -> list[str]
     after transcribing it. Packed into blocks, a line costs ~15 tokens instead of the ~100 of
     a chat sample, so the knowledge can be repeated often enough to be memorized.
     """
-    from speechgpt_agent.prompt import TA
-
     lines = []
     for qa in world:
         q, a = escape_user_text(qa.question), escape_user_text(qa.answer)
-        lines += [f"{q}? {a}.", build_prompt(qa.question)[len(META_INSTRUCTION):] + f"{TA} {a}<eoa>.",
-                  f"{q}; {TA} {a};"]
+        lines += [f"{q}? {a}.", _text_turn(qa), f"{q}; {TA} {a};"]
     out = lines * repeats
     random.Random(seed).shuffle(out)
     return out
@@ -115,11 +113,13 @@ def knowledge_examples(world: Sequence[QA], *, repeats: int) -> list[dict[str, s
     """
     out = []
     for qa in world:
-        prompt = build_prompt(qa.question)
-        sample = {"prefix": META_INSTRUCTION,
-                  "plain_text": prompt[len(META_INSTRUCTION):] + chain_of_modality_answer(text=qa.answer) + "."}
-        out += [sample] * repeats
+        out += [{"prefix": META_INSTRUCTION, "plain_text": _text_turn(qa)}] * repeats
     return out
+
+
+def _text_turn(qa: QA) -> str:
+    """The text turn of ``qa`` after the meta instruction: ``[Human]: ... [SpeechGPT]: [ta] ...<eoa>.``"""
+    return build_prompt(qa.question)[len(META_INSTRUCTION):] + chain_of_modality_answer(text=qa.answer) + "."
 
 
 def task_examples(records: Sequence[dict[str, Any]], *, per_text: int, seed: int,
