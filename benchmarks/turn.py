@@ -61,7 +61,8 @@ EVERYDAY_WORDS = (
     "plus minus times how many much where when who why which can could would should say "
     "hello thank please answer question speech text audio speak listen read write hear "
     "today weather time day week year good great yes no"
-).split()
+)
+"""Common words, one piece each in LLaMA's vocabulary (space-separated)."""
 
 
 def english_corpus() -> list[str]:
@@ -69,7 +70,8 @@ def english_corpus() -> list[str]:
     from speechgpt_agent.prompt import META_INSTRUCTION
     from speechgpt_agent.training.builders import ASR_TEMPLATES, TTS_TEMPLATES
 
-    words = EVERYDAY_WORDS + [w.capitalize() for w in EVERYDAY_WORDS]
+    words = EVERYDAY_WORDS.split()
+    words += [w.capitalize() for w in words]
     return ([META_INSTRUCTION, *ASR_TEMPLATES, *TTS_TEMPLATES, ANSWER_TEXT] + words) * 4
 
 
