@@ -13,6 +13,7 @@ from speechgpt_agent.training.recipes.demo.llm_data import (
     dialogues,
     knowledge_examples,
     knowledge_text,
+    tool_text,
     tool_use_examples,
 )
 from speechgpt_agent.training.recipes.demo.world import NUMBER_WORDS, closed_world, tool_questions
@@ -123,6 +124,30 @@ def test_knowledge_text_states_each_answer_in_the_forms_the_model_meets_it():
     assert spoken_answer.startswith(chain)  # the text part of a spoken answer, up to its units
     turn = build_prompt(qa.question)[len(META_INSTRUCTION):] + chain_of_modality_answer(text=qa.answer)
     assert turn + "." in lines
+
+
+def test_tool_text_is_the_conversation_without_the_tool_schema():
+    questions = tool_questions(4, seed=3)
+    lines = tool_text(questions)
+    samples = tool_use_examples(questions)
+    assert len(lines) == 2 * len(questions)
+    for line, sample in zip(lines, samples):
+        assert sample["prefix"] + line == sample["prefix"] + sample["plain_text"]
+        assert "JSON schemas" not in line and line.startswith("[Human]: ")
+    assert f'"expression": "{questions[0].expression}"' in lines[0]
+    assert lines[1].endswith(f"[ta] {questions[0].result}<eoa>.")
+
+
+def test_extra_recordings_add_clips_without_changing_the_others():
+    """Answer words joined the extra recordings; every clip planned before keeps its voice, speed and pitch."""
+    world = closed_world(0)
+    questions = [qa.question for qa in world if not qa.held_out]
+    before = plan_clips(questions, questions[:3], seed=0, extra_texts=questions, extra_per_text=2)
+    after = plan_clips(questions, questions[:3], seed=0, extra_texts=questions + ["twelve"], extra_per_text=2)
+    assert after[:len(before)] == before
+    added = after[len(before):]
+    assert [c.text for c in added] == ["twelve", "twelve"] and {c.split for c in added} == {"train_extra"}
+    assert all(c.voice in TRAIN_VOICES for c in added)
 
 
 def test_calculator_is_exact_and_refuses_code():

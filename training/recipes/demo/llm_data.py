@@ -2,7 +2,7 @@
 
 * stage ``ma``: the unit sequences of the training clips (``data build ma``), plus the
   closed world's answers as plain text (:func:`knowledge_text`: what LLaMA knows from text
-  before SpeechGPT's stage 1);
+  before SpeechGPT's stage 1) and calculator conversations (:func:`tool_text`);
 * stage ``cm``: ASR and TTS instructions over the training clips (``data build cm``), plus
   every question answered in a text turn (:func:`knowledge_examples`) and the calculator
   conversations;
@@ -34,7 +34,7 @@ from .world import QA, ToolQuestion
 
 __all__ = [
     "calculator_system_prompt", "dialogues", "knowledge_examples", "knowledge_text", "task_examples",
-    "tokenizer_corpus", "tool_use_examples",
+    "tokenizer_corpus", "tool_text", "tool_use_examples",
 ]
 
 CALCULATOR_DESCRIPTION = "Evaluate an arithmetic expression on numbers, such as 1234 * 5678."
@@ -98,6 +98,16 @@ def knowledge_text(world: Sequence[QA], *, repeats: int, seed: int) -> list[str]
     out = lines * repeats
     random.Random(seed).shuffle(out)
     return out
+
+
+def tool_text(questions: Sequence[ToolQuestion]) -> list[str]:
+    """The calculator conversations of :func:`tool_use_examples` as plain text, without the system text.
+
+    For stage ``ma``: packed into blocks, a conversation costs ~60 tokens instead of the
+    ~400 of a chat sample with the tool schema, so the model can practise copying numbers
+    into the call and out of the result on many more of them.
+    """
+    return [sample["plain_text"] for sample in tool_use_examples(questions)]
 
 
 def knowledge_examples(world: Sequence[QA], *, repeats: int) -> list[dict[str, str]]:
