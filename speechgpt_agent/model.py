@@ -612,7 +612,7 @@ class SpeechGPTModel:
         """Text of token ids (added tokens spelled out, ``<s>``/``</s>`` dropped)."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def stream_parser(self, first_segment: FirstSegment = "auto") -> StreamParser:
+    def stream_parser(self, first_segment: FirstSegment = "auto", *, single_part: bool = False) -> StreamParser:
         """A :class:`~speechgpt_agent.parse.StreamParser` wired to this model's vocabulary."""
         v = self.vocab
         ends = {v.eos_id, *self.eos_ids}
@@ -629,6 +629,7 @@ class SpeechGPTModel:
             end_ids=ends,
             ignore_ids=ignore - ends,
             first_segment=first_segment,
+            single_part=single_part,
         )
 
     # -- generation --

@@ -134,9 +134,10 @@ class _Segmenter:
     is what makes token-by-token parsing equal to whole-text parsing.
     """
 
-    def __init__(self, first_segment: FirstSegment) -> None:
+    def __init__(self, first_segment: FirstSegment, single_part: bool = False) -> None:
         if first_segment not in ("auto", "transcript", "text"):
             raise ValueError(f"first_segment must be 'auto', 'transcript' or 'text', got {first_segment!r}.")
+        self.single_part = single_part
         self.segment: Literal["lead", "text", "speech"] = "lead"
         self.lead_role: Literal["transcript", "text"] | None = (
             None if first_segment == "auto" else first_segment)
@@ -226,7 +227,7 @@ class _Segmenter:
         if word == "[tq]":
             return
         self._interrupt()
-        if word == "<eoa>":
+        if word == "<eoa>" or (self.single_part and self.parts[self.lead_role or "lead"].content):
             self.pending = ""  # what follows <eoa> is not part of the answer
             self.end(complete=True)
         elif word == "[ta]":
@@ -247,6 +248,10 @@ class _Segmenter:
         return True
 
     def sosp(self) -> None:
+        if self.single_part and not self.done and self.parts[self.lead_role or "lead"].content:
+            self._flush_pending()
+            self.end(complete=True)
+            return
         if self._item():
             if self.segment == "lead":
                 self._decide_lead("text")
@@ -351,6 +356,11 @@ class StreamParser:
             until that is known (``[ta]``, ``[ua]``, ``<sosp>`` or the end).
             ``"transcript"`` (spoken questions) or ``"text"`` (text questions, ASR) stream it at
             once as that kind.
+        single_part: the answer is one text part (an ASR transcription carries no tags): once
+            it has begun, ``[ta]``, ``[ua]`` or ``<sosp>`` end it like ``<eoa>`` does, so a model
+            that runs on into a chain-of-modality answer (``...; [ta] tokyo; [ua] <sosp>...``)
+            gives its transcription, not the transcription with an answer glued on, and
+            generation stops there.
 
     Feed every generated token with :meth:`feed`, then call :meth:`close` once.
     """
@@ -367,6 +377,7 @@ class StreamParser:
         end_ids: Collection[int] = (),
         ignore_ids: Collection[int] = (),
         first_segment: FirstSegment = "auto",
+        single_part: bool = False,
     ) -> None:
         self._decoder = _IncrementalDecoder(decode)
         self._offset = unit_token_offset
@@ -375,7 +386,7 @@ class StreamParser:
         self._vocab_size = vocab_size
         self._end = frozenset(end_ids)
         self._ignore = frozenset(ignore_ids)
-        self._seg = _Segmenter(first_segment)
+        self._seg = _Segmenter(first_segment, single_part)
         self._closed = False
 
     @property

@@ -200,6 +200,8 @@ class _Turn:
     prompt: str
     first_segment: Literal["auto", "transcript", "text"]
     input_units: tuple[int, ...] = ()
+    single_part: bool = False
+    """ASR: the answer is the transcription alone (see StreamParser's ``single_part``)."""
 
 
 class SpeechGPT:
@@ -322,7 +324,7 @@ class SpeechGPT:
             first = "auto"
         else:
             first = "text"
-        return _Turn(prompt, first, units)
+        return _Turn(prompt, first, units, single_part=task == "asr")
 
     # ------------------------------------------------------------------ the turn
 
@@ -387,7 +389,7 @@ class SpeechGPT:
         speak = output != "text" and self.vocoder is not None
         if output == "speech" and self.vocoder is None:
             raise SpeechGPTError("output='speech' needs a vocoder: load SpeechGPT with vocoder=....")
-        parser = self.model.stream_parser(first_segment=turn.first_segment)
+        parser = self.model.stream_parser(first_segment=turn.first_segment, single_part=turn.single_part)
         sample_rate = self.vocoder.sample_rate if self.vocoder is not None else SAMPLE_RATE
         audio_parts: list[np.ndarray] = []
 

@@ -27,7 +27,7 @@ def tok_vocab(tmp_path_factory):
     return load_speech_tokenizer(folder)
 
 
-def make_parser(tok_vocab, first_segment="auto"):
+def make_parser(tok_vocab, first_segment="auto", single_part=False):
     tok, v = tok_vocab
     c = v.control_ids
     return StreamParser(
@@ -35,7 +35,7 @@ def make_parser(tok_vocab, first_segment="auto"):
         unit_token_offset=v.unit_token_offset, sosp_id=v.sosp_id, eosp_id=v.eosp_id,
         vocab_size=len(tok), end_ids={v.eos_id, c["[Human]"]},
         ignore_ids={v.bos_id, c["[SpeechGPT]"], c["<eoh>"], c["<eos>"]},
-        first_segment=first_segment,
+        first_segment=first_segment, single_part=single_part,
     )
 
 
@@ -164,6 +164,36 @@ def test_explicit_first_segment_streams_at_once(tok_vocab, mode, kind):
     done = check_consistent(early + parser.close("length"))
     assert done.finish_reason == "length" and not done.complete
     assert (done.transcript if mode == "transcript" else done.text) == "hello there friend"
+
+
+@pytest.mark.parametrize("rest", ["; [ta] tokyo; [ua] <sosp><497><63><eosp><eoa>.", " [ua] <sosp><497><eosp><eoa>",
+                                  "<sosp><497><63><eosp><eoa>"])
+def test_single_part_answer_ends_at_the_first_tag(tok_vocab, rest):
+    """ASR: a model that runs on into a chain-of-modality answer gives its transcription alone."""
+    tok, _ = tok_vocab
+    ids = tok.encode("what is the capital of japan" + rest, add_special_tokens=False)
+    parser = make_parser(tok_vocab, "text", single_part=True)
+    events = []
+    for i, t in enumerate(ids):
+        events += parser.feed(t)
+        if parser.done:
+            break
+    assert i < len(ids) - 2  # generation can stop at the tag, before the rest is generated
+    done = check_consistent(events + parser.close("stop"))
+    assert (done.transcript, done.text, done.units, done.complete) == ("", "what is the capital of japan", (), True)
+    # without single_part the answer's text or units join the transcription
+    plain = stream(tok_vocab, ids, "text")[-1]
+    assert (plain.text, plain.units) != (done.text, done.units)
+
+
+def test_single_part_keeps_a_leading_tag_and_a_plain_answer(tok_vocab):
+    tok, _ = tok_vocab
+    for answer in ("[ta] hello there<eoa>", "hello there<eoa>"):
+        ids = tok.encode(answer, add_special_tokens=False)
+        parser = make_parser(tok_vocab, "text", single_part=True)
+        events = [e for t in ids for e in parser.feed(t)]
+        done = check_consistent(events + parser.close("stop"))
+        assert (done.text, done.complete) == ("hello there", True)
 
 
 def test_multibyte_characters_are_never_split(tok_vocab):
