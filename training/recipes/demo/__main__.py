@@ -237,6 +237,18 @@ def train_stage(out: Path, stage: str, model: Path, train_file: Path, seed: int,
     return out / stage / ("adapter" if stage == "com" else "model")
 
 
+def _training_minutes(out: Path) -> dict[str, float]:
+    """Minutes each LLM stage trained, from its ``train_results.json`` (right after a resumed run too)."""
+    minutes = {}
+    for stage in ("ma", "cm", "com"):
+        results = out / stage / "train_results.json"
+        if results.is_file():
+            runtime = json.loads(results.read_text()).get("metrics", {}).get("train_runtime")
+            if runtime is not None:
+                minutes[stage] = round(float(runtime) / 60, 1)
+    return minutes
+
+
 def export(out: Path, target: Path) -> Path:
     """Copy the trained parts into ``target`` (the package's ``assets/demo``) in bfloat16."""
     import torch
@@ -319,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
 
         card = evaluate_run(out, seed=args.seed)
         card["recipe"] = {"command": "python -m speechgpt_agent.training.recipes.demo "
-                          f"--seed {args.seed}", "seed": args.seed, "minutes": round((time.time() - t0) / 60, 1)}
+                          f"--seed {args.seed}", "seed": args.seed,
+                          "minutes_this_invocation": round((time.time() - t0) / 60, 1),
+                          "training_minutes": _training_minutes(out)}
         (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     if args.export:
         from speechgpt_agent.demo import DEMO_DIR
