@@ -66,7 +66,7 @@ def bench_extraction(audio: np.ndarray, repeats: int) -> list[dict]:
         got = tok.encode(audio, 16000)
         n = min(len(got.frames), len(ref.frames))
         agree = float(np.mean(np.asarray(got.frames[:n]) == np.asarray(ref.frames[:n])))
-        t = median_time(lambda: tok.encode(audio, 16000), repeats)
+        t = median_time(lambda tok=tok: tok.encode(audio, 16000), repeats)
         rows.append({"stage": "units", "mode": "chunked", "chunk_s": chunk_s, "rtf": t / seconds,
                      "ratio_to_offline": t / t_off, "frame_agreement": agree})
     return rows
@@ -107,7 +107,7 @@ def bench_vocoder(seconds: float, repeats: int, chunks: list[float]) -> list[dic
         t_str, t_offs = [], []
         for _ in range(repeats):
             t_offs.append(timed(offline))
-            t_str.append(timed(lambda: streaming(per_push)))
+            t_str.append(timed(lambda n=per_push: streaming(n)))
         s, o = statistics.median(t_str), statistics.median(t_offs)
         rows.append({"stage": "vocoder", "mode": "streaming", "chunk_s": chunk_s,
                      "rtf": s / audio_s, "ratio_to_offline": s / o, "max_abs_diff": diff})

@@ -29,7 +29,11 @@ from pathlib import Path
 import torch
 from _common import environment, print_table, write_json
 
-from speechgpt_agent.training.recipes.demo.corpus import HELD_OUT_VOICE, plan_clips, synthesize_corpus
+from speechgpt_agent.training.recipes.demo.corpus import (
+    HELD_OUT_VOICE,
+    plan_clips,
+    synthesize_corpus,
+)
 from speechgpt_agent.training.recipes.demo.evaluate import EvalItem, evaluate, load_run, run_chat
 from speechgpt_agent.training.recipes.demo.world import closed_world, spoken_answers
 

@@ -44,7 +44,7 @@ def _cmd_units(args: argparse.Namespace) -> int:
     tokenizer = SpeechTokenizer.from_pretrained(
         args.model, kmeans=args.kmeans, layer=args.layer, device=args.device, trust_pickle=args.trust_pickle
     )
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
     failures = 0
     try:
         for path in tqdm(args.audio, desc="units", unit="file", disable=len(args.audio) < 2, file=sys.stderr):

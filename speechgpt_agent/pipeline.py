@@ -486,7 +486,7 @@ class SpeechGPT:
                     if stop.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, event)
-            except BaseException as exc:  # delivered to the consumer
+            except BaseException as exc:  # noqa: BLE001 - delivered to the consumer, which re-raises it
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
                 events.close()

@@ -38,14 +38,14 @@ def test_units_then_vocode(tiny_model_set, clips, tmp_path, capsys):
         assert sum(r["durations"]) == r["frames"]
 
     wav_dir = tmp_path / "wavs"
-    code, stdout, _ = run(capsys, "vocode", "--input", str(out), "-o", str(wav_dir), "--use-durations",
-                          "--vocoder", str(tiny_model_set.vocoder))
+    code, _, _ = run(capsys, "vocode", "--input", str(out), "-o", str(wav_dir), "--use-durations",
+                     "--vocoder", str(tiny_model_set.vocoder))
     assert code == 0
     for r in records[:2]:
         audio, sr = sf.read(wav_dir / (r["path"].rsplit("/", 1)[1].rsplit(".", 1)[0] + ".wav"))
         assert sr == 16000 and audio.shape == (320 * r["frames"],)
 
-    code, stdout, _ = run(capsys, "vocode", "<sosp><1><2><3><eosp>", "-o", str(tmp_path / "x.wav"),
+    code, _, _ = run(capsys, "vocode", "<sosp><1><2><3><eosp>", "-o", str(tmp_path / "x.wav"),
                           "--vocoder", str(tiny_model_set.vocoder), "--no-duration-prediction")
     assert code == 0 and sf.info(str(tmp_path / "x.wav")).frames == 3 * 320
 

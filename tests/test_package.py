@@ -29,7 +29,7 @@ def test_kernels_is_not_a_top_level_module():
 def test_console_script_help():
     exe = shutil.which("speechgpt-agent", path=str(__import__("pathlib").Path(sys.executable).parent))
     assert exe, "the speechgpt-agent console script is not installed"
-    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0
     for cmd in ("units", "vocode", "convert"):
         assert cmd in out.stdout

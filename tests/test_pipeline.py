@@ -70,7 +70,7 @@ def test_spoken_turn_streams_text_then_audio_while_generating(speechgpt, clips, 
 
 
 def test_chat_equals_stream_for_one_seed(speechgpt, clips, one_thread):
-    kwargs = dict(audio=clips["question_22k_stereo.flac"]["path"], seed=123, options=SHORT)
+    kwargs = {"audio": clips["question_22k_stereo.flac"]["path"], "seed": 123, "options": SHORT}
     streamed = [e for e in speechgpt.stream(**kwargs)][-1].response
     chatted = speechgpt.chat(**kwargs)
     assert (chatted.transcript, chatted.text, chatted.units) == (streamed.transcript, streamed.text, streamed.units)
@@ -153,7 +153,7 @@ def test_concurrent_threads_get_their_own_answers(speechgpt, one_thread):
     def run(q: str, seed: int) -> None:
         try:
             results[seed] = speechgpt.chat(q, seed=seed, output="text", options=SHORT).text
-        except BaseException as exc:  # pragma: no cover - reported below
+        except BaseException as exc:  # noqa: BLE001  # pragma: no cover - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=p) for p in prompts]
