@@ -227,8 +227,8 @@ class _Segmenter:
         if word == "[tq]":
             return
         self._interrupt()
-        if word == "<eoa>" or (self.single_part and self.parts[self.lead_role or "lead"].content):
-            self.pending = ""  # what follows <eoa> is not part of the answer
+        if word == "<eoa>" or self._single_part_over():
+            self.pending = ""  # what follows the end is not part of the answer
             self.end(complete=True)
         elif word == "[ta]":
             if self.segment == "lead":
@@ -239,6 +239,10 @@ class _Segmenter:
                 self._decide_lead("text")
             self.segment = "speech"
 
+    def _single_part_over(self) -> bool:
+        """A single-part answer (ASR) has begun, so a tag or a unit span ends it."""
+        return self.single_part and self.parts[self.lead_role or "lead"].content
+
     # non-text items
     def _item(self) -> bool:
         if self.done:
@@ -248,14 +252,14 @@ class _Segmenter:
         return True
 
     def sosp(self) -> None:
-        if self.single_part and not self.done and self.parts[self.lead_role or "lead"].content:
-            self._flush_pending()
+        if not self._item():
+            return
+        if self._single_part_over():
             self.end(complete=True)
             return
-        if self._item():
-            if self.segment == "lead":
-                self._decide_lead("text")
-            self.in_span = True
+        if self.segment == "lead":
+            self._decide_lead("text")
+        self.in_span = True
 
     def eosp(self) -> None:
         if self._item():

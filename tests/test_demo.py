@@ -33,6 +33,12 @@ def demo(one_thread):
     return SpeechGPT.from_pretrained(DEMO_NAME, quantization=None, progress=False)
 
 
+@pytest.fixture(scope="module")
+def spoken_turns(demo):
+    """The chain-of-modality answer to each clip (greedy), computed once for the tests below."""
+    return {name: demo.chat(audio=DATA / name, output="both", options=GREEDY) for name in CLIPS}
+
+
 def test_demo_is_small_and_complete():
     parts = demo_parts()
     total = sum(f.stat().st_size for p in (parts.model, parts.adapter, parts.speech_tokenizer, parts.vocoder)
@@ -54,20 +60,19 @@ def test_demo_transcribes_a_voice_it_never_heard(demo):
     assert right >= 4, f"{right}/6 exact transcripts"
 
 
-def test_demo_answers_spoken_questions_through_the_chain_of_modality(demo):
+def test_demo_answers_spoken_questions_through_the_chain_of_modality(spoken_turns):
     right = whole = 0
     for name, meta in CLIPS.items():
-        response = demo.chat(audio=DATA / name, output="both", options=GREEDY)
+        response = spoken_turns[name]
         right += _norm(response.text) == _norm(meta["answer"])
         whole += bool(_norm(response.transcript) and _norm(response.text) and response.units)
     assert right >= 2, f"{right}/6 right answers"
     assert whole >= 4, f"{whole}/6 chain-of-modality answers with transcript, text and units"
 
 
-def test_demo_speaks_its_answers_so_that_it_can_hear_them_again(demo):
+def test_demo_speaks_its_answers_so_that_it_can_hear_them_again(demo, spoken_turns):
     heard_back = 0
-    for name in CLIPS:
-        response = demo.chat(audio=DATA / name, output="both", options=GREEDY)
+    for response in spoken_turns.values():
         if not response.units:
             continue  # no spoken answer (counted by the chain test above)
         assert response.audio is not None and response.sample_rate == 16_000
@@ -77,13 +82,16 @@ def test_demo_speaks_its_answers_so_that_it_can_hear_them_again(demo):
     assert heard_back >= 1, f"{heard_back}/6 spoken answers heard back as their text"
 
 
-def _tool_turn(question: str):
+@pytest.fixture(scope="module")
+def tool_turn(one_thread):
+    """One agent turn on "what is 4321 times 1234": the call, the tool's result, the final answer."""
     from langchain_core.messages import HumanMessage, ToolMessage
 
     from speechgpt_agent.integrations.langchain import SpeechGPTChat, calculator
 
     chat = SpeechGPTChat(model="demo", quantization=None, modalities=["text"], temperature=0.0,
                          min_new_tokens=0, max_tokens=200).bind_tools([calculator])
+    question = "what is 4321 times 1234"
     ai = chat.invoke([HumanMessage(question)])
     assert ai.tool_calls and ai.tool_calls[0]["name"] == "calculator", f"no calculator call: {ai.content!r}"
     call = ai.tool_calls[0]
@@ -92,9 +100,9 @@ def _tool_turn(question: str):
     return call, result, final
 
 
-def test_demo_calls_the_calculator_in_the_tool_format_and_answers_from_its_result(one_thread):
+def test_demo_calls_the_calculator_in_the_tool_format_and_answers_from_its_result(tool_turn):
     """The agent loop runs: a parsed calculator call with an expression the tool evaluates, then an answer."""
-    call, result, final = _tool_turn("what is 4321 times 1234")
+    call, result, final = tool_turn
     assert set(call["args"]) == {"expression"}
     assert result.lstrip("-").isdigit(), f"the calculator could not evaluate {call['args']}: {result}"
     assert final.text.strip() and not final.tool_calls
@@ -102,8 +110,8 @@ def test_demo_calls_the_calculator_in_the_tool_format_and_answers_from_its_resul
 
 @pytest.mark.xfail(strict=True, reason="issue 7: the demo model writes the call's form but does not yet copy the "
                                        "question's numbers into it (tool_call_correct 0.0 in card.json)")
-def test_demo_copies_the_numbers_into_the_call_and_the_result_into_the_answer(one_thread):
-    call, _, final = _tool_turn("what is 4321 times 1234")
+def test_demo_copies_the_numbers_into_the_call_and_the_result_into_the_answer(tool_turn):
+    call, _, final = tool_turn
     assert call["args"] == {"expression": "4321 * 1234"}
     assert final.text.strip() == str(4321 * 1234)
 

@@ -12,9 +12,9 @@ Steps (each skipped when its output exists, so a rerun resumes):
 5. ``evaluate``: the quality benchmark on held-out questions and a held-out voice;
 6. ``export`` (``--export``): copy the artifacts into ``speechgpt_agent/assets/demo``.
 
-Reproducible from ``--seed``. On 2 CPU cores a whole run takes about 80 minutes (the LLM's
-three stages and the evaluation took 68 min); the vocoder and the LLM train at the same
-time, one thread each.
+Reproducible from ``--seed``. On 2 CPU cores the LLM's three stages take about 63 minutes
+(stage minutes are in the card's ``recipe.training_minutes``); the vocoder trains at the
+same time, one thread each.
 """
 
 from __future__ import annotations
@@ -133,9 +133,13 @@ def _json_lines(rows: list[dict[str, Any]]) -> list[str]:
     return [json.dumps(r, ensure_ascii=False) for r in rows]
 
 
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
 def _append_shuffled(path: Path, lines: list[str], seed: int) -> None:
     """Add ``lines`` to a ``data build`` output file and shuffle the whole from ``seed``."""
-    all_lines = path.read_text(encoding="utf-8").splitlines() + lines
+    all_lines = _lines(path) + lines
     random.Random(seed).shuffle(all_lines)
     path.write_text("\n".join(all_lines) + "\n", encoding="utf-8")
 
@@ -186,7 +190,7 @@ def build_llm_data(out: Path, seed: int) -> Path:
     extra_records = read_unit_records([data / "units.extra.jsonl"], report)
     build_cross_modal(extra_records, data / "cm_extra", directions=("asr",), seed=seed, report=report)
     _append_shuffled(data / "cm" / "train.jsonl",
-                     (data / "cm_extra" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+                     _lines(data / "cm_extra" / "train.jsonl")
                      + _json_lines(knowledge_examples(world, repeats=KNOWLEDGE_REPEATS))
                      + tool_lines * CM_TOOL_REPEATS, seed)
     by_text: dict[str, list[str]] = {}
@@ -216,7 +220,7 @@ def build_llm_data(out: Path, seed: int) -> Path:
                      tool_lines * TOOL_REPEATS
                      + _json_lines(task_examples(train_rows, per_text=2, seed=seed))
                      + _json_lines(task_examples(extra_rows, per_text=EXTRA_RECORDINGS, seed=seed, tts=False))
-                     + (data / "com_extra" / "train.jsonl").read_text(encoding="utf-8").splitlines(), seed)
+                     + _lines(data / "com_extra" / "train.jsonl"), seed)
     if len(report):
         log.warning("%s", report.summary())
     make_tiny_speechgpt(out / "llm_init", seed=seed, corpus=tokenizer_corpus(world, tools),
