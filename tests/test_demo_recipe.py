@@ -7,16 +7,27 @@ import shutil
 import pytest
 
 from speechgpt_agent.integrations.langchain.calculator import calculator, evaluate_expression
-from speechgpt_agent.training.recipes.demo.corpus import HELD_OUT_VOICE, TRAIN_VOICES, plan_clips
+from speechgpt_agent.training.recipes.demo.corpus import (
+    ANSWER_VOICE,
+    HELD_OUT_VOICE,
+    TRAIN_VOICES,
+    plan_clips,
+)
 from speechgpt_agent.training.recipes.demo.llm_data import (
     calculator_system_prompt,
+    chain_knowledge_examples,
     dialogues,
     knowledge_examples,
     knowledge_text,
     tool_text,
     tool_use_examples,
 )
-from speechgpt_agent.training.recipes.demo.world import NUMBER_WORDS, closed_world, tool_questions
+from speechgpt_agent.training.recipes.demo.world import (
+    NUMBER_WORDS,
+    closed_world,
+    spoken_answers,
+    tool_questions,
+)
 
 
 def test_closed_world_answers_are_right_and_held_out_share_is_fixed():
@@ -148,6 +159,50 @@ def test_extra_recordings_add_clips_without_changing_the_others():
     added = after[len(before):]
     assert [c.text for c in added] == ["twelve", "twelve"] and {c.split for c in added} == {"train_extra"}
     assert all(c.voice in TRAIN_VOICES for c in added)
+
+
+def test_answer_voice_speaks_each_answer_once_and_changes_no_other_clip():
+    world = closed_world(0)
+    questions = [qa.question for qa in world if not qa.held_out]
+    answers = spoken_answers(world)
+    before = plan_clips(questions, questions[:3], seed=0, extra_texts=answers, extra_per_text=2)
+    after = plan_clips(questions, questions[:3], seed=0, extra_texts=answers, extra_per_text=2,
+                       answer_texts=answers)
+    assert after[:len(before)] == before
+    own = after[len(before):]
+    assert [c.text for c in own] == answers
+    assert {(c.voice, c.speed, c.pitch, c.split) for c in own} == {(*ANSWER_VOICE, "answer_voice")}
+    assert ANSWER_VOICE[0] in TRAIN_VOICES and len({c.id for c in after}) == len(after)
+
+
+def test_dialogues_answer_in_the_models_own_voice():
+    """With ``answer_voice`` every spoken answer is that voice's clip; nothing else in the lines changes."""
+    world = [qa for qa in closed_world(0) if qa.answer in ("twelve", "seven")]
+    ids = {"twelve": ["a1", "a2"], "seven": ["a3"]}
+    units = {"a1": {"voice": "v1"}, "a2": {"voice": "v2"}, "a3": {"voice": "v1"}}
+    for k, qa in enumerate(world):
+        ids[qa.question] = [f"q{k}"]
+        units[f"q{k}"] = {"voice": "v2"}
+    own = {"twelve": "o12", "seven": "o7"}
+    plain = dialogues(world, units, ids, seed=0)
+    voiced = dialogues(world, units, ids, seed=0, answer_voice=own)
+    assert [{**d, "answer_audio": None} for d in plain] == [{**d, "answer_audio": None} for d in voiced]
+    assert all(d["answer_audio"] == own[d["answer"]] for d in voiced)
+    with pytest.raises(KeyError, match="answer voice"):
+        dialogues(world, units, ids, seed=0, answer_voice={"twelve": "o12"})
+
+
+def test_chain_knowledge_is_the_text_part_of_a_spoken_turn():
+    """The sample's response is exactly how a speech-in, speech-out answer begins at runtime."""
+    from speechgpt_agent.prompt import META_INSTRUCTION, SPEECHGPT, chain_of_modality_answer
+
+    world = closed_world(0)
+    samples = chain_knowledge_examples(world, repeats=2)
+    assert len(samples) == 2 * len(world)
+    for qa, sample in zip(world, samples[::2]):
+        assert sample["prefix"] == META_INSTRUCTION and "[Human]" not in sample["plain_text"]
+        spoken = f"{SPEECHGPT}: " + chain_of_modality_answer(text=qa.answer, transcript=qa.question, units=[1, 2])
+        assert spoken.startswith(sample["plain_text"] + " <sosp>")
 
 
 def test_calculator_is_exact_and_refuses_code():

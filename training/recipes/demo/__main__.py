@@ -51,6 +51,13 @@ CM_TOOL_REPEATS = 0
 """Each calculator conversation appears this often in stage 2 (none: with the tool schema a
 sample is ~400 tokens, and every batch it joins pads to it; stage 1 reads the conversations
 as plain text and stage 3 in the chat form)."""
+CHAIN_KNOWLEDGE_REPEATS = {"cm": 10, "com": 3}
+"""Each closed-world answer in the chain's text form (llm_data.chain_knowledge_examples)
+appears this often in stages 2 and 3."""
+ANSWER_TTS_REPEATS = 10
+"""Each answer in the model's own voice (corpus.ANSWER_VOICE) appears this often as a TTS
+sample in stage 2 (instructions drawn anew each time): the units stage 3's spoken answers
+are made of."""
 COM_FORMATS = ("s2s", "t2t")
 EXTRA_RECORDINGS = 12
 """Extra recordings of each spoken question and answer word (see corpus.plan_clips): ASR in
@@ -104,7 +111,8 @@ def build_corpus(out: Path, seed: int) -> Path:
     # must hear (the answers too, when the model's own spoken answer is transcribed back)
     extra_texts = [q.question for q in world if not q.held_out] + spoken_answers(world)
     return synthesize_corpus(plan_clips(train_texts, eval_texts, seed, extra_texts=extra_texts,
-                                        extra_per_text=EXTRA_RECORDINGS), out / "corpus")
+                                        extra_per_text=EXTRA_RECORDINGS,
+                                        answer_texts=spoken_answers(world)), out / "corpus")
 
 
 def build_units(out: Path, seed: int) -> Path:
@@ -157,6 +165,7 @@ def build_llm_data(out: Path, seed: int) -> Path:
     from speechgpt_agent.training.records import SkipReport
 
     from .llm_data import (
+        chain_knowledge_examples,
         dialogues,
         knowledge_examples,
         knowledge_text,
@@ -189,18 +198,29 @@ def build_llm_data(out: Path, seed: int) -> Path:
     write_jsonl(data / "units.extra.jsonl", extra_rows)
     extra_records = read_unit_records([data / "units.extra.jsonl"], report)
     build_cross_modal(extra_records, data / "cm_extra", directions=("asr",), seed=seed, report=report)
+    # ... and speaks every answer in the model's own voice, the units of stage 3's spoken answers
+    answer_rows = [r for r in rows if r["split"] == "answer_voice"]
+    write_jsonl(data / "units.answer.jsonl", answer_rows)
+    answer_records = read_unit_records([data / "units.answer.jsonl"], report)
+    answer_tts = []
+    for k in range(ANSWER_TTS_REPEATS):
+        build_cross_modal(answer_records, data / "cm_answer", directions=("tts",), seed=seed + k, report=report)
+        answer_tts += _lines(data / "cm_answer" / "train.jsonl")
     _append_shuffled(data / "cm" / "train.jsonl",
-                     _lines(data / "cm_extra" / "train.jsonl")
+                     _lines(data / "cm_extra" / "train.jsonl") + answer_tts
                      + _json_lines(knowledge_examples(world, repeats=KNOWLEDGE_REPEATS))
+                     + _json_lines(chain_knowledge_examples(world, repeats=CHAIN_KNOWLEDGE_REPEATS["cm"]))
                      + tool_lines * CM_TOOL_REPEATS, seed)
     by_text: dict[str, list[str]] = {}
     for r in train_rows:
         by_text.setdefault(r["text"], []).append(r["id"])
     units = {r["id"]: r for r in train_rows}
-    write_jsonl(data / "dialogues.jsonl", dialogues(world, units, by_text, seed=seed))
+    own_voice = {r["text"]: r["id"] for r in answer_rows}
+    write_jsonl(data / "dialogues.jsonl", dialogues(world, units, by_text, seed=seed, answer_voice=own_voice))
+    spoken = list(records) + list(answer_records)
     # one answer form per input form, so that greedy decoding never has to guess: spoken
     # questions get spoken answers (s2s), written ones written answers (t2t)
-    build_chain_of_modality(read_dialogues(data / "dialogues.jsonl", report, unit_index(records)),
+    build_chain_of_modality(read_dialogues(data / "dialogues.jsonl", report, unit_index(spoken)),
                             data / "com", formats=COM_FORMATS, seed=seed, report=report)
     # the extra recordings of the spoken questions: speech-in formats only
     extra_by_text: dict[str, list[str]] = {}
@@ -208,11 +228,11 @@ def build_llm_data(out: Path, seed: int) -> Path:
         extra_by_text.setdefault(r["text"], []).append(r["id"])
     both = {**units, **{r["id"]: r for r in extra_rows}}
     extra_lines = [d for d in dialogues([qa for qa in world if qa.question in extra_by_text], both,
-                                        {**by_text, **extra_by_text}, seed=seed)
+                                        {**by_text, **extra_by_text}, seed=seed, answer_voice=own_voice)
                    if d.get("question_audio") in extra_by_text.get(d["question"], ())]
     write_jsonl(data / "dialogues.extra.jsonl", extra_lines)
     build_chain_of_modality(read_dialogues(data / "dialogues.extra.jsonl", report,
-                                           unit_index(list(records) + list(extra_records))),
+                                           unit_index(spoken + list(extra_records))),
                             data / "com_extra", formats=("s2s",), seed=seed, report=report)
     # calculator conversations, ASR/TTS in the chat template, and the extra recordings join
     # the stage-3 file
@@ -220,7 +240,8 @@ def build_llm_data(out: Path, seed: int) -> Path:
                      tool_lines * TOOL_REPEATS
                      + _json_lines(task_examples(train_rows, per_text=2, seed=seed))
                      + _json_lines(task_examples(extra_rows, per_text=EXTRA_RECORDINGS, seed=seed, tts=False))
-                     + _lines(data / "com_extra" / "train.jsonl"), seed)
+                     + _lines(data / "com_extra" / "train.jsonl")
+                     + _json_lines(chain_knowledge_examples(world, repeats=CHAIN_KNOWLEDGE_REPEATS["com"])), seed)
     if len(report):
         log.warning("%s", report.summary())
     make_tiny_speechgpt(out / "llm_init", seed=seed, corpus=tokenizer_corpus(world, tools),

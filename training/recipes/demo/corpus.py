@@ -2,7 +2,9 @@
 
 Each text of the closed world is spoken by six of the ten training voices (drawn per text),
 with a speed and a pitch drawn per clip from a seeded generator; the held-out voice speaks every question and
-answer once, for evaluation only. Clips are 16 kHz mono PCM_16 wav files (espeak-ng's 22.05
+answer once, for evaluation only; SpeechGPT's own voice (:data:`ANSWER_VOICE`, one of the
+training voices at a fixed speed and pitch) speaks every answer once, the target of the
+model's spoken answers. Clips are 16 kHz mono PCM_16 wav files (espeak-ng's 22.05
 kHz output resampled with soxr), listed in ``manifest.jsonl`` as the ``data units`` command
 reads it: ``{"id", "audio", "text", "voice", "split"}``.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 from speechgpt_agent.audio import load_audio, write_wav
 from speechgpt_agent.errors import SpeechGPTError
 
-__all__ = ["HELD_OUT_VOICE", "TRAIN_VOICES", "Clip", "synthesize_corpus"]
+__all__ = ["ANSWER_VOICE", "HELD_OUT_VOICE", "TRAIN_VOICES", "Clip", "plan_clips", "synthesize_corpus"]
 
 TRAIN_VOICES: tuple[str, ...] = (
     "en-us", "en-us+m3", "en-us+f2", "en-gb+m1", "en-gb-x-rp+f3", "en-029+m5",
@@ -36,6 +38,12 @@ text, so that the model hears many voices without more data."""
 
 HELD_OUT_VOICE = "en-us+f4"
 """A voice never heard in training: the quality benchmark's."""
+
+ANSWER_VOICE: tuple[str, int, int] = ("en-us", 160, 50)
+"""The model's own voice (espeak-ng voice, words per minute, pitch): every spoken answer of
+stage 3 is this voice's recording of the answer. With the question's voice instead, a
+question in an unheard voice left greedy decoding to blend many voices' units, and half the
+spoken answers were not understood even as units (session 5's note)."""
 
 SAMPLE_RATE = 16_000
 
@@ -64,7 +72,8 @@ def _espeak() -> str:
 
 
 def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int, *,
-               extra_texts: Sequence[str] = (), extra_per_text: int = 0) -> list[Clip]:
+               extra_texts: Sequence[str] = (), extra_per_text: int = 0,
+               answer_texts: Sequence[str] = ()) -> list[Clip]:
     """The clips of the corpus.
 
     * ``train``: each of ``train_texts`` in :data:`VOICES_PER_TEXT` train voices;
@@ -73,6 +82,7 @@ def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int,
       train voices drawn with repetition (speeds and pitches differ). Only stage 3 uses them:
       more recordings of the spoken questions teach the model to hear words, not to learn
       recordings by heart. Drawn from their own generator, so the other clips do not change.
+    * ``answer_voice``: each of ``answer_texts`` once in :data:`ANSWER_VOICE` (no draws).
     """
     rng = random.Random(seed)
     clips = []
@@ -87,6 +97,9 @@ def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int,
         for k in range(extra_per_text):
             clips.append(Clip(f"x{t:04d}_{k:02d}", text, extra.choice(TRAIN_VOICES), extra.randint(125, 195),
                               extra.randint(20, 80), "train_extra"))
+    voice, speed, pitch = ANSWER_VOICE
+    for t, text in enumerate(answer_texts):
+        clips.append(Clip(f"a{t:04d}", text, voice, speed, pitch, "answer_voice"))
     return clips
 
 

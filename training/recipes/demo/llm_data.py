@@ -25,6 +25,7 @@ from speechgpt_agent.prompt import (
     META_INSTRUCTION,
     SPEECHGPT,
     TA,
+    UA,
     build_prompt,
     chain_of_modality_answer,
     escape_user_text,
@@ -33,7 +34,7 @@ from speechgpt_agent.prompt import (
 from .world import QA, ToolQuestion
 
 __all__ = [
-    "calculator_system_prompt", "dialogues", "knowledge_examples", "knowledge_text", "task_examples",
+    "calculator_system_prompt", "chain_knowledge_examples", "dialogues", "knowledge_examples", "knowledge_text", "task_examples",
     "tokenizer_corpus", "tool_text", "tool_use_examples",
 ]
 
@@ -127,6 +128,24 @@ def knowledge_examples(world: Sequence[QA], *, repeats: int) -> list[dict[str, s
     return out
 
 
+def chain_knowledge_examples(world: Sequence[QA], *, repeats: int) -> list[dict[str, str]]:
+    """Every question's answer in the text part of a chain-of-modality answer, ``repeats`` times each.
+
+    ``[SpeechGPT]: what is seven plus five; [ta] twelve; [ua]`` with the loss on what follows
+    ``[SpeechGPT]:``: the form in which a spoken turn meets the question, after its own
+    transcript. Stage 3 learns that chain only on questions heard in training; without this
+    form in stages 2 and 3, the answer after a right transcript of a question never heard was
+    right for 29 of 37 held-out arithmetic questions while the same questions' text turns were
+    36/37 (session 5's note). The turn has no ``[Human]`` part, so it competes with no runtime
+    prompt.
+    """
+    out = []
+    for qa in world:
+        text = f"{SPEECHGPT}: {escape_user_text(qa.question)}; {TA} {escape_user_text(qa.answer)}; {UA}"
+        out += [{"prefix": META_INSTRUCTION, "plain_text": text}] * repeats
+    return out
+
+
 def _text_turn(qa: QA) -> str:
     """The text turn of ``qa`` after the meta instruction: ``[Human]: ... [SpeechGPT]: [ta] ...<eoa>.``"""
     return build_prompt(qa.question)[len(META_INSTRUCTION):] + chain_of_modality_answer(text=qa.answer) + "."
@@ -163,27 +182,33 @@ def task_examples(records: Sequence[dict[str, Any]], *, per_text: int, seed: int
 
 
 def dialogues(world: Sequence[QA], units: dict[str, dict[str, Any]], texts_to_ids: dict[str, list[str]],
-              *, seed: int) -> list[dict[str, Any]]:
+              *, seed: int, answer_voice: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """``data build com`` dialogue lines (``{"id", "question", "answer", "question_audio"?, "answer_audio"?}``).
 
-    A question heard in training gets one dialogue per training recording of it, paired with
-    a recording of its answer in the same voice; a held-out question gets text-only
-    dialogues (with a spoken answer), never its own speech.
+    A question heard in training gets one dialogue per training recording of it; a held-out
+    question gets text-only dialogues (one per training recording of its answer), never its
+    own speech. The spoken answer is ``answer_voice[answer]`` (a clip id: the model's own
+    voice, :data:`.corpus.ANSWER_VOICE`) when given, else a recording of the answer in the
+    question's voice.
     """
     rng = random.Random(seed)
     lines = []
     for n, qa in enumerate(world):
         answer_ids = texts_to_ids[qa.answer]
+        own = answer_voice.get(qa.answer) if answer_voice else None
+        if answer_voice is not None and own is None:
+            raise KeyError(f"no recording of the answer {qa.answer!r} in the answer voice")
         if qa.held_out:
             for k, answer_id in enumerate(answer_ids):
                 lines.append({"id": f"q{n}_t{k}", "question": qa.question, "answer": qa.answer,
-                              "answer_audio": answer_id})
+                              "answer_audio": own or answer_id})
             continue
         for k, question_id in enumerate(texts_to_ids[qa.question]):
             voice = units[question_id]["voice"]
             same_voice = [a for a in answer_ids if units[a]["voice"] == voice] or answer_ids
+            drawn = rng.choice(same_voice)  # drawn either way: the other lines stay as they were
             lines.append({"id": f"q{n}_s{k}", "question": qa.question, "answer": qa.answer,
-                          "question_audio": question_id, "answer_audio": rng.choice(same_voice)})
+                          "question_audio": question_id, "answer_audio": own or drawn})
     return lines
 
 
