@@ -45,11 +45,12 @@ def test_demo_is_small_and_complete():
                 for f in p.rglob("*") if f.is_file())
     assert total <= 25 * 2**20
     card = json.loads((parts.model.parent / "card.json").read_text())
-    assert card["asr_exact"] >= 0.8
+    assert card["asr_exact"] >= 0.8 and card["arithmetic_correct"] >= 0.8
+    assert card["spoken_answer_consistent"] >= 0.6
 
 
-# Floors on the six clips, measured with the shipped model (greedy, CPU): 5/6 transcripts,
-# 3/6 answers (5/6 with transcript, text and units), 2/6 spoken answers heard back as their text; one below each, so that a
+# Floors on the six clips, measured with the shipped model (greedy, CPU): 4/6 transcripts,
+# 4/6 answers (6/6 with transcript, text and units), 3/6 spoken answers heard back as their text; one below each, so that a
 # broken runtime, loader or export fails while a last-digit difference of another BLAS
 # does not. benchmarks/demo_quality.py measures the full set.
 
@@ -57,7 +58,7 @@ def test_demo_is_small_and_complete():
 def test_demo_transcribes_a_voice_it_never_heard(demo):
     right = sum(_norm(demo.transcribe(DATA / name, options=GREEDY)) == _norm(meta["question"])
                 for name, meta in CLIPS.items())
-    assert right >= 4, f"{right}/6 exact transcripts"
+    assert right >= 3, f"{right}/6 exact transcripts"
 
 
 def test_demo_answers_spoken_questions_through_the_chain_of_modality(spoken_turns):
@@ -66,8 +67,8 @@ def test_demo_answers_spoken_questions_through_the_chain_of_modality(spoken_turn
         response = spoken_turns[name]
         right += _norm(response.text) == _norm(meta["answer"])
         whole += bool(_norm(response.transcript) and _norm(response.text) and response.units)
-    assert right >= 2, f"{right}/6 right answers"
-    assert whole >= 4, f"{whole}/6 chain-of-modality answers with transcript, text and units"
+    assert right >= 3, f"{right}/6 right answers"
+    assert whole >= 5, f"{whole}/6 chain-of-modality answers with transcript, text and units"
 
 
 def test_demo_speaks_its_answers_so_that_it_can_hear_them_again(demo, spoken_turns):
@@ -79,7 +80,7 @@ def test_demo_speaks_its_answers_so_that_it_can_hear_them_again(demo, spoken_tur
         assert len(response.audio) >= 0.2 * response.sample_rate
         echo = demo.transcribe(response.audio, sample_rate=response.sample_rate, options=GREEDY)
         heard_back += _norm(echo) == _norm(response.text)
-    assert heard_back >= 1, f"{heard_back}/6 spoken answers heard back as their text"
+    assert heard_back >= 2, f"{heard_back}/6 spoken answers heard back as their text"
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,14 @@
   closed world's answers as plain text (:func:`knowledge_text`: what LLaMA knows from text
   before SpeechGPT's stage 1) and calculator conversations (:func:`tool_text`);
 * stage ``cm``: ASR and TTS instructions over the training clips (``data build cm``), plus
-  every question answered in a text turn (:func:`knowledge_examples`) and the calculator
-  conversations;
+  ASR of the extra recordings, TTS of every answer in the model's own voice, every question
+  answered in a text turn (:func:`knowledge_examples`) and in the chain's text form
+  (:func:`chain_knowledge_examples`);
 * stage ``com``: chain-of-modality dialogues of the closed world (``data build com``): spoken
-  answers to spoken questions heard in training (``s2s``) and text answers to text questions
-  (``t2t``, held-out ones included); the chat-template ASR/TTS samples
-  (:func:`task_examples`); and calculator tool-use conversations written exactly as
+  answers, in the model's own voice, to spoken questions heard in training (``s2s``) and text
+  answers to text questions (``t2t``, held-out ones included); the chain's text form again;
+  the chat-template ASR/TTS samples (:func:`task_examples`); and calculator tool-use
+  conversations written exactly as
   :class:`~speechgpt_agent.integrations.langchain.SpeechGPTChat` renders them.
 """
 
