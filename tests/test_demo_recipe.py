@@ -20,6 +20,7 @@ from speechgpt_agent.training.recipes.demo.llm_data import (
     knowledge_examples,
     knowledge_text,
     tool_text,
+    tool_text_examples,
     tool_use_examples,
 )
 from speechgpt_agent.training.recipes.demo.world import (
@@ -147,6 +148,52 @@ def test_tool_text_is_the_conversation_without_the_tool_schema():
         assert "JSON schemas" not in line and line.startswith("[Human]: ")
     assert f'"expression": "{questions[0].expression}"' in lines[0]
     assert lines[1].endswith(f"[ta] {questions[0].result}<eoa>.")
+    # the parts alone: the calls are the even lines, the answers from the result the odd ones
+    assert tool_text(questions, part="call") == lines[0::2]
+    assert tool_text(questions, part="answer") == lines[1::2]
+    with pytest.raises(ValueError, match="part must be one of"):
+        tool_text(questions, part="result")
+
+
+def test_tool_text_examples_train_only_the_call_and_the_answer():
+    """Stage 2's calculator samples: no prefix, and the loss on what follows ``[SpeechGPT]:``
+    alone (the call, or the answer from the result), not on the question or the result."""
+    from transformers import AutoTokenizer
+
+    from speechgpt_agent.demo import DEMO_DIR
+    from speechgpt_agent.training.data import instruction_examples
+    from speechgpt_agent.training.records import SkipReport
+
+    questions = tool_questions(2, seed=5)
+    samples = tool_text_examples(questions)
+    assert [s["plain_text"] for s in samples] == tool_text(questions)
+    assert {s["prefix"] for s in samples} == {""}
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR / "llm")
+    report = SkipReport("test")
+    examples = instruction_examples([(s["prefix"], s["plain_text"]) for s in samples], tokenizer,
+                                    max_length=512, loss_on="response", report=report)
+    assert len(examples) == 4 and not len(report)
+    trained = [tokenizer.decode([t for t in ex["labels"] if t != -100]) for ex in examples]
+    assert f'"expression": "{questions[0].expression}"' in trained[0] and "what is" not in trained[0]
+    assert questions[0].result in trained[1] and "returned" not in trained[1]
+
+
+def test_stage1_text_holds_calls_and_answers_on_their_own_numbers():
+    """Stage 1's extra calls and answers use numbers of their own (seeds + 2, + 3), none of stage 3's."""
+    from speechgpt_agent.training.recipes.demo import __main__ as recipe
+
+    world = closed_world(0)
+    lines = recipe.stage1_text(world, seed=0)
+    expected = (len(knowledge_text(world, repeats=recipe.TEXT_REPEATS, seed=0))
+                + 2 * recipe.TOOL_TEXT_QUESTIONS + recipe.TOOL_CALL_TEXT_QUESTIONS
+                + recipe.TOOL_RESULT_TEXT_QUESTIONS)
+    assert len(lines) == expected
+    stage3 = {q.expression for q in tool_questions(recipe.TOOL_QUESTIONS, 0)}
+    calls = [line for line in lines if '"expression"' in line and "returned:" not in line]
+    answers = [line for line in lines if "returned:" in line]
+    assert len(calls) == recipe.TOOL_TEXT_QUESTIONS + recipe.TOOL_CALL_TEXT_QUESTIONS
+    assert len(answers) == recipe.TOOL_TEXT_QUESTIONS + recipe.TOOL_RESULT_TEXT_QUESTIONS
+    assert not any(f'"expression": "{e}"' in line for e in stage3 for line in calls[:50])
 
 
 def test_extra_recordings_add_clips_without_changing_the_others():

@@ -12,7 +12,7 @@ Steps (each skipped when its output exists, so a rerun resumes):
 5. ``evaluate``: the quality benchmark on held-out questions and a held-out voice;
 6. ``export`` (``--export``): copy the artifacts into ``speechgpt_agent/assets/demo``.
 
-Reproducible from ``--seed``. On 2 CPU cores the LLM's three stages take about 67 minutes
+Reproducible from ``--seed``. On 2 CPU cores the LLM's three stages take about 100 minutes
 (stage minutes are in the card's ``recipe.training_minutes``); the vocoder trains at the
 same time, one thread each.
 """
@@ -34,7 +34,10 @@ from typing import Any
 log = logging.getLogger("speechgpt_agent.recipes.demo")
 
 # LLM dimensions: ~10 MB in bfloat16 with the 1000 unit rows.
-LLM_DIMS = {"hidden_size": 256, "layers": 4, "heads": 4, "intermediate_size": 768,
+# 8 heads rather than 4 (same size): stage 1 alone copied a question's numbers into the
+# calculator call in 14/20 probes with 8 heads, 1/20 with 4 and 8/20 with 6 layers x 4 heads
+# (session 6's note).
+LLM_DIMS = {"hidden_size": 256, "layers": 4, "heads": 8, "intermediate_size": 768,
             "base_vocab_size": 700, "max_position_embeddings": 1024}
 NUM_UNITS = 100
 TOOL_QUESTIONS = 480
@@ -47,10 +50,18 @@ TEXT_REPEATS = 15
 """Each plain-text statement of an answer appears this often in stage 1 (see llm_data.knowledge_text)."""
 TOOL_TEXT_QUESTIONS = 1000
 """Calculator conversations in stage 1's plain text (numbers drawn from seed + 1, unlike stage 3's)."""
-CM_TOOL_REPEATS = 0
-"""Each calculator conversation appears this often in stage 2 (none: with the tool schema a
-sample is ~400 tokens, and every batch it joins pads to it; stage 1 reads the conversations
-as plain text and stage 3 in the chat form)."""
+TOOL_CALL_TEXT_QUESTIONS = 5000
+"""More calculator calls alone in stage 1's plain text (numbers drawn from seed + 2): copying
+a question's numbers into the call is what the model fails at without them."""
+TOOL_RESULT_TEXT_QUESTIONS = 5000
+"""More answers from a calculator result alone in stage 1's plain text (numbers from seed + 3):
+copying the result's digits into the answer."""
+CM_TOOL_TEXT_QUESTIONS = 2000
+"""Calculator conversations in stage 2 as text turns without the tool schema (numbers from
+seed + 4; the call and the answer from the result, one sample each). Stage 2's full
+fine-tuning otherwise unlearns the copying stage 1 learned: after stage 3, every call was
+the same memorized ``5797 * 178`` (session 6's note). Without the schema (~400 tokens) a
+sample costs ~60 tokens instead of padding its batch to ~480."""
 CHAIN_KNOWLEDGE_REPEATS = {"cm": 10, "com": 20}
 """Each closed-world answer in the chain's text form (llm_data.chain_knowledge_examples)
 appears this often in stages 2 and 3. Held-out spoken arithmetic (benchmark voice / two
@@ -154,6 +165,18 @@ def _append_shuffled(path: Path, lines: list[str], seed: int) -> None:
     path.write_text("\n".join(all_lines) + "\n", encoding="utf-8")
 
 
+def stage1_text(world: list[Any], seed: int) -> list[str]:
+    """The plain-text lines stage 1 reads besides the unit sequences: the closed world's
+    answers and calculator conversations (whole ones, calls alone, answers from a result alone)."""
+    from .llm_data import knowledge_text, tool_text
+    from .world import tool_questions
+
+    return (knowledge_text(world, repeats=TEXT_REPEATS, seed=seed)
+            + tool_text(tool_questions(TOOL_TEXT_QUESTIONS, seed + 1))
+            + tool_text(tool_questions(TOOL_CALL_TEXT_QUESTIONS, seed + 2), part="call")
+            + tool_text(tool_questions(TOOL_RESULT_TEXT_QUESTIONS, seed + 3), part="answer"))
+
+
 def build_llm_data(out: Path, seed: int) -> Path:
     from speechgpt_agent.testing.llm import make_tiny_speechgpt
     from speechgpt_agent.training.builders import (
@@ -170,10 +193,9 @@ def build_llm_data(out: Path, seed: int) -> Path:
         chain_knowledge_examples,
         dialogues,
         knowledge_examples,
-        knowledge_text,
         task_examples,
         tokenizer_corpus,
-        tool_text,
+        tool_text_examples,
         tool_use_examples,
         write_jsonl,
     )
@@ -190,8 +212,7 @@ def build_llm_data(out: Path, seed: int) -> Path:
     records = read_unit_records([data / "units.train.jsonl"], report)
     build_unit_corpus(records, data / "ma", seed=seed, report=report)
     # stage 1's language model also reads the closed world's answers as plain text
-    _append_shuffled(data / "ma" / "train.txt", knowledge_text(world, repeats=TEXT_REPEATS, seed=seed)
-                     + tool_text(tool_questions(TOOL_TEXT_QUESTIONS, seed + 1)), seed)
+    _append_shuffled(data / "ma" / "train.txt", stage1_text(world, seed), seed)
     build_cross_modal(records, data / "cm", seed=seed, report=report)
     # stage 2 also hears the extra recordings (ASR only: the words a turn must hear, in more
     # voices, speeds and pitches) and learns the closed world's answers in text (full
@@ -212,7 +233,7 @@ def build_llm_data(out: Path, seed: int) -> Path:
                      _lines(data / "cm_extra" / "train.jsonl") + answer_tts
                      + _json_lines(knowledge_examples(world, repeats=KNOWLEDGE_REPEATS))
                      + _json_lines(chain_knowledge_examples(world, repeats=CHAIN_KNOWLEDGE_REPEATS["cm"]))
-                     + tool_lines * CM_TOOL_REPEATS, seed)
+                     + _json_lines(tool_text_examples(tool_questions(CM_TOOL_TEXT_QUESTIONS, seed + 4))), seed)
     by_text: dict[str, list[str]] = {}
     for r in train_rows:
         by_text.setdefault(r["text"], []).append(r["id"])

@@ -37,7 +37,7 @@ from .world import QA, ToolQuestion
 
 __all__ = [
     "calculator_system_prompt", "chain_knowledge_examples", "dialogues", "knowledge_examples", "knowledge_text", "task_examples",
-    "tokenizer_corpus", "tool_text", "tool_use_examples",
+    "tokenizer_corpus", "tool_text", "tool_text_examples", "tool_use_examples",
 ]
 
 CALCULATOR_DESCRIPTION = "Evaluate an arithmetic expression on numbers, such as 1234 * 5678."
@@ -103,14 +103,21 @@ def knowledge_text(world: Sequence[QA], *, repeats: int, seed: int) -> list[str]
     return out
 
 
-def tool_text(questions: Sequence[ToolQuestion]) -> list[str]:
+def tool_text(questions: Sequence[ToolQuestion], *, part: str = "both") -> list[str]:
     """The calculator conversations of :func:`tool_use_examples` as plain text, without the system text.
 
     For stage ``ma``: packed into blocks, a conversation costs ~60 tokens instead of the
     ~400 of a chat sample with the tool schema, so the model can practise copying numbers
-    into the call and out of the result on many more of them.
+    into the call and out of the result on many more of them. ``part`` keeps only the calls
+    (``"call"``: each conversation's first turn) or only the answers from the result
+    (``"answer"``); ``"both"`` keeps the two.
     """
-    return [sample["plain_text"] for sample in tool_use_examples(questions)]
+    samples = tool_use_examples(questions)
+    starts = {"both": None, "call": 0, "answer": 1}
+    if part not in starts:
+        raise ValueError(f"part must be one of {sorted(starts)}, not {part!r}")
+    kept = samples if part == "both" else samples[starts[part]::2]
+    return [sample["plain_text"] for sample in kept]
 
 
 def knowledge_examples(world: Sequence[QA], *, repeats: int) -> list[dict[str, str]]:
@@ -128,6 +135,12 @@ def knowledge_examples(world: Sequence[QA], *, repeats: int) -> list[dict[str, s
     for qa in world:
         out += [{"prefix": META_INSTRUCTION, "plain_text": _text_turn(qa)}] * repeats
     return out
+
+
+def tool_text_examples(questions: Sequence[ToolQuestion]) -> list[dict[str, str]]:
+    """:func:`tool_text` as chat samples with an empty prefix: the call and the answer from the
+    result, each with its loss on what follows the last ``[SpeechGPT]:``."""
+    return [{"prefix": "", "plain_text": line} for line in tool_text(questions)]
 
 
 def chain_knowledge_examples(world: Sequence[QA], *, repeats: int) -> list[dict[str, str]]:
