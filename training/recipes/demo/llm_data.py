@@ -21,7 +21,7 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from speechgpt_agent.prompt import (
     META_INSTRUCTION,
@@ -103,7 +103,7 @@ def knowledge_text(world: Sequence[QA], *, repeats: int, seed: int) -> list[str]
     return out
 
 
-def tool_text(questions: Sequence[ToolQuestion], *, part: str = "both") -> list[str]:
+def tool_text(questions: Sequence[ToolQuestion], *, part: Literal["both", "call", "answer"] = "both") -> list[str]:
     """The calculator conversations of :func:`tool_use_examples` as plain text, without the system text.
 
     For stage ``ma``: packed into blocks, a conversation costs ~60 tokens instead of the
@@ -112,12 +112,10 @@ def tool_text(questions: Sequence[ToolQuestion], *, part: str = "both") -> list[
     (``"call"``: each conversation's first turn) or only the answers from the result
     (``"answer"``); ``"both"`` keeps the two.
     """
-    samples = tool_use_examples(questions)
-    starts = {"both": None, "call": 0, "answer": 1}
-    if part not in starts:
-        raise ValueError(f"part must be one of {sorted(starts)}, not {part!r}")
-    kept = samples if part == "both" else samples[starts[part]::2]
-    return [sample["plain_text"] for sample in kept]
+    steps = {"both": slice(None), "call": slice(0, None, 2), "answer": slice(1, None, 2)}
+    if part not in steps:
+        raise ValueError(f"part must be one of {sorted(steps)}, not {part!r}")
+    return [sample["plain_text"] for sample in tool_use_examples(questions)[steps[part]]]
 
 
 def knowledge_examples(world: Sequence[QA], *, repeats: int) -> list[dict[str, str]]:
