@@ -85,14 +85,22 @@ def test_demo_speaks_its_answers_so_that_it_can_hear_them_again(demo, spoken_tur
 
 
 @pytest.fixture(scope="module")
-def tool_turn(one_thread):
+def calculator_chat(one_thread):
+    """The demo as a greedy, text-only SpeechGPTChat bound to the calculator tool."""
+    from speechgpt_agent.integrations.langchain import SpeechGPTChat, calculator
+
+    return SpeechGPTChat(model="demo", quantization=None, modalities=["text"], temperature=0.0,
+                         min_new_tokens=0, max_tokens=200).bind_tools([calculator])
+
+
+@pytest.fixture(scope="module")
+def tool_turn(calculator_chat):
     """One agent turn on "what is 4321 times 1234": the call, the tool's result, the final answer."""
     from langchain_core.messages import HumanMessage, ToolMessage
 
-    from speechgpt_agent.integrations.langchain import SpeechGPTChat, calculator
+    from speechgpt_agent.integrations.langchain import calculator
 
-    chat = SpeechGPTChat(model="demo", quantization=None, modalities=["text"], temperature=0.0,
-                         min_new_tokens=0, max_tokens=200).bind_tools([calculator])
+    chat = calculator_chat
     question = "what is 4321 times 1234"
     ai = chat.invoke([HumanMessage(question)])
     assert ai.tool_calls and ai.tool_calls[0]["name"] == "calculator", f"no calculator call: {ai.content!r}"
@@ -117,15 +125,14 @@ def test_demo_copies_the_numbers_into_the_call_and_the_result_into_the_answer(to
     assert final.text.strip() == result
 
 
-def test_demo_copies_numbers_it_never_saw_into_calls_and_answers(one_thread):
+def test_demo_copies_numbers_it_never_saw_into_calls_and_answers(calculator_chat):
     """A floor on fresh numbers: numbers of every length from 2 to 4 digits, sums, differences
     and products (the benchmark's 20 questions all pass; 4 of these 5 must)."""
     from langchain_core.messages import HumanMessage, ToolMessage
 
-    from speechgpt_agent.integrations.langchain import SpeechGPTChat, calculator
+    from speechgpt_agent.integrations.langchain import calculator
 
-    chat = SpeechGPTChat(model="demo", quantization=None, modalities=["text"], temperature=0.0,
-                         min_new_tokens=0, max_tokens=200).bind_tools([calculator])
+    chat = calculator_chat
     cases = {"what is 57 plus 9041": "57 + 9041", "what is 808 minus 6123": "808 - 6123",
              "what is 7210 times 35": "7210 * 35", "what is 4096 plus 3333": "4096 + 3333",
              "what is 912 times 468": "912 * 468"}

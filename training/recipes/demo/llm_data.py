@@ -57,8 +57,15 @@ def _split_prompt(prompt: str, system: str) -> tuple[str, str]:
     return system, prompt[len(system):]
 
 
-def tool_use_examples(questions: Sequence[ToolQuestion]) -> list[dict[str, str]]:
+ToolPart = Literal["both", "call", "answer"]
+_TURNS: dict[str, tuple[bool, bool]] = {"both": (True, True), "call": (True, False), "answer": (False, True)}
+
+
+def tool_use_examples(questions: Sequence[ToolQuestion], *, part: ToolPart = "both") -> list[dict[str, str]]:
     """Two samples per question: the call, and the answer from the tool's result.
+
+    ``part`` keeps only the calls (``"call"``: each conversation's first turn) or only the
+    answers from the result (``"answer"``); ``"both"`` keeps the two, in that order.
 
     The prompts are those SpeechGPTChat sends (the system text with the tool section, the
     call written back with ``render_tool_calls`` and the result as ``Tool "calculator"
@@ -69,17 +76,22 @@ def tool_use_examples(questions: Sequence[ToolQuestion]) -> list[dict[str, str]]
     from speechgpt_agent.integrations.langchain.messages import to_turn_input
     from speechgpt_agent.integrations.langchain.tool_calling import render_tool_calls
 
+    if part not in _TURNS:
+        raise ValueError(f"part must be one of {sorted(_TURNS)}, not {part!r}")
+    keep_call, keep_answer = _TURNS[part]
     system = calculator_system_prompt()
+    system_part = build_prompt("x", system=system).split("[Human]")[0]
     out = []
     for i, q in enumerate(questions):
         call = {"name": "calculator", "args": {"expression": q.expression}, "id": f"call_{i}"}
         first = [HumanMessage(q.question)]
         second = [*first, AIMessage("", tool_calls=[call]),
                   ToolMessage(q.result, tool_call_id=call["id"], name="calculator")]
-        for messages, answer in ((first, render_tool_calls([call])), (second, q.result)):
+        turns = [(first, render_tool_calls([call]))] * keep_call + [(second, q.result)] * keep_answer
+        for messages, answer in turns:
             turn = to_turn_input(messages)
             prompt = build_prompt(turn.text, history=turn.history, system=system)
-            prefix, rest = _split_prompt(prompt, build_prompt("x", system=system).split("[Human]")[0])
+            prefix, rest = _split_prompt(prompt, system_part)
             out.append({"prefix": prefix, "plain_text": rest + chain_of_modality_answer(text=answer) + "."})
     return out
 
@@ -103,19 +115,15 @@ def knowledge_text(world: Sequence[QA], *, repeats: int, seed: int) -> list[str]
     return out
 
 
-def tool_text(questions: Sequence[ToolQuestion], *, part: Literal["both", "call", "answer"] = "both") -> list[str]:
+def tool_text(questions: Sequence[ToolQuestion], *, part: ToolPart = "both") -> list[str]:
     """The calculator conversations of :func:`tool_use_examples` as plain text, without the system text.
 
     For stage ``ma``: packed into blocks, a conversation costs ~60 tokens instead of the
     ~400 of a chat sample with the tool schema, so the model can practise copying numbers
-    into the call and out of the result on many more of them. ``part`` keeps only the calls
-    (``"call"``: each conversation's first turn) or only the answers from the result
-    (``"answer"``); ``"both"`` keeps the two.
+    into the call and out of the result on many more of them. ``part`` as in
+    :func:`tool_use_examples`.
     """
-    steps = {"both": slice(None), "call": slice(0, None, 2), "answer": slice(1, None, 2)}
-    if part not in steps:
-        raise ValueError(f"part must be one of {sorted(steps)}, not {part!r}")
-    return [sample["plain_text"] for sample in tool_use_examples(questions)[steps[part]]]
+    return [sample["plain_text"] for sample in tool_use_examples(questions, part=part)]
 
 
 def knowledge_examples(world: Sequence[QA], *, repeats: int) -> list[dict[str, str]]:
