@@ -213,13 +213,68 @@ class SpeechGPT:
             needed for audio input.
         vocoder: units -> speech (:class:`~speechgpt_agent.vocoder.UnitVocoder`); needed for
             spoken output.
+        load_speech_tokenizer, load_vocoder: zero-argument loaders used instead, on first use
+            of :attr:`speech_tokenizer` / :attr:`vocoder` (a text turn loads no speech
+            tokenizer, a text-only answer no vocoder). A loader that raises is kept, so the
+            next use tries again.
     """
 
-    def __init__(self, model: SpeechGPTModel, speech_tokenizer: Any = None, vocoder: Any = None) -> None:
+    def __init__(
+        self,
+        model: SpeechGPTModel,
+        speech_tokenizer: Any = None,
+        vocoder: Any = None,
+        *,
+        load_speech_tokenizer: Callable[[], Any] | None = None,
+        load_vocoder: Callable[[], Any] | None = None,
+    ) -> None:
         self.model = model
-        self.speech_tokenizer = speech_tokenizer
-        self.vocoder = vocoder
+        self._parts: dict[str, Any] = {"speech_tokenizer": speech_tokenizer, "vocoder": vocoder}
+        self._loaders: dict[str, Callable[[], Any] | None] = {
+            "speech_tokenizer": None if speech_tokenizer is not None else load_speech_tokenizer,
+            "vocoder": None if vocoder is not None else load_vocoder,
+        }
+        self._parts_lock = threading.Lock()
         self._lock = threading.Lock()
+
+    def _part(self, name: str) -> Any:
+        """The part ``name``, loading it now if it has a loader and is not loaded yet."""
+        part = self._parts[name]
+        if part is not None or self._loaders[name] is None:
+            return part
+        with self._parts_lock:  # one load, however many threads ask at once
+            loader = self._loaders[name]
+            if self._parts[name] is None and loader is not None:
+                self._parts[name] = loader()
+                self._loaders[name] = None
+            return self._parts[name]
+
+    def _set_part(self, name: str, value: Any) -> None:
+        with self._parts_lock:
+            self._parts[name] = value
+            self._loaders[name] = None
+
+    @property
+    def speech_tokenizer(self) -> Any:
+        """Speech -> units (``None``: this SpeechGPT takes no audio); loaded on first use."""
+        return self._part("speech_tokenizer")
+
+    @speech_tokenizer.setter
+    def speech_tokenizer(self, value: Any) -> None:
+        self._set_part("speech_tokenizer", value)
+
+    @property
+    def vocoder(self) -> Any:
+        """Units -> speech (``None``: text output only); loaded on first use."""
+        return self._part("vocoder")
+
+    @vocoder.setter
+    def vocoder(self, value: Any) -> None:
+        self._set_part("vocoder", value)
+
+    def loaded_parts(self) -> dict[str, bool]:
+        """Which optional parts are loaded now: ``{"speech_tokenizer": bool, "vocoder": bool}``."""
+        return {name: part is not None for name, part in self._parts.items()}
 
     @classmethod
     def from_pretrained(
@@ -236,8 +291,13 @@ class SpeechGPT:
         device: str | None = None,
         trust_pickle: bool = False,
         progress: bool = True,
+        preload: Iterable[str] = (),
     ) -> SpeechGPT:
-        """Load the whole model set (each part a hub id or a local path).
+        """Load the model set (each part a hub id or a local path).
+
+        The LLM loads now; the speech tokenizer and the vocoder load when first needed (a
+        text turn needs no speech tokenizer, a text-only answer no vocoder) unless named
+        in ``preload``.
 
         ``model="demo"`` loads the small model embedded in the package
         (:mod:`speechgpt_agent.demo`), with its own adapter, speech tokenizer and vocoder
@@ -255,6 +315,12 @@ class SpeechGPT:
             device: device of the speech tokenizer and vocoder (default CUDA if available).
             trust_pickle: allow the upstream pickled k-means (see ``speechgpt-agent convert``).
             progress: progress bars while downloading and loading.
+            preload: ``"speech_tokenizer"`` and/or ``"vocoder"``: load those now, before
+                the LLM, so that a part that cannot load fails before the long LLM load.
+
+        Raises:
+            ModelNotFoundError, CheckpointError, UnsafeCheckpointError: a part that loads now
+            (the LLM, ``preload``) cannot; the other parts raise these on first use.
         """
         from .mel_units import MelUnitTokenizer, is_mel_tokenizer_folder
         from .units import SpeechTokenizer
@@ -268,20 +334,36 @@ class SpeechGPT:
             if speech_tokenizer == DEFAULT_SPEECH_TOKENIZER:
                 speech_tokenizer = parts.speech_tokenizer
             vocoder = parts.vocoder if vocoder is None else vocoder
-        st: Any = None
-        if speech_tokenizer and is_mel_tokenizer_folder(speech_tokenizer):
-            st = MelUnitTokenizer.from_pretrained(speech_tokenizer)
-        elif speech_tokenizer:
-            st = SpeechTokenizer.from_pretrained(
-                speech_tokenizer, kmeans, device=device, trust_pickle=trust_pickle
-            )
-        voc = None
-        if vocoder != "":
-            voc = UnitVocoder.from_pretrained(vocoder or DEFAULT_VOCODER, device=device)
+        tokenizer_ref = speech_tokenizer
+
+        def load_speech_tokenizer() -> Any:
+            assert tokenizer_ref
+            if is_mel_tokenizer_folder(tokenizer_ref):
+                return MelUnitTokenizer.from_pretrained(tokenizer_ref)
+            return SpeechTokenizer.from_pretrained(tokenizer_ref, kmeans, device=device, trust_pickle=trust_pickle)
+
+        vocoder_ref = vocoder
+
+        def load_vocoder() -> Any:
+            return UnitVocoder.from_pretrained(vocoder_ref or DEFAULT_VOCODER, device=device)
+
+        loaders: dict[str, Callable[[], Any] | None] = {
+            "speech_tokenizer": load_speech_tokenizer if speech_tokenizer else None,
+            "vocoder": load_vocoder if vocoder != "" else None,
+        }
+        wanted = set(preload)
+        unknown = wanted - set(loaders)
+        if unknown:
+            raise ValueError(f"preload takes 'speech_tokenizer' and 'vocoder', got {sorted(unknown)}.")
+        # parts asked for now load before the LLM: they are small and may refuse (a pickled
+        # k-means, a missing folder) before minutes of LLM loading
+        loaded = {name: loaders[name]() for name in ("speech_tokenizer", "vocoder")  # type: ignore[misc]
+                  if name in wanted and loaders[name] is not None}
         lm = SpeechGPTModel.from_pretrained(
             model, adapter, quantization=quantization, device_map=device_map, dtype=dtype, progress=progress
         )
-        return cls(lm, st, voc)
+        return cls(lm, loaded.get("speech_tokenizer"), loaded.get("vocoder"),
+                   load_speech_tokenizer=loaders["speech_tokenizer"], load_vocoder=loaders["vocoder"])
 
     # ------------------------------------------------------------------ preparing a turn
 
