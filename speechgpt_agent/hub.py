@@ -9,8 +9,11 @@ local path instead.
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import ModelNotFoundError
 
@@ -20,6 +23,62 @@ PathLike = str | os.PathLike
 def _looks_like_hub_id(ref: str) -> bool:
     parts = ref.split("/")
     return len(parts) == 2 and all(parts) and not ref.startswith((".", "/", "~"))
+
+
+_PROBE_TIMEOUT_S = 3.0
+_PROBE_TTL_S = 60.0
+_probe: tuple[float, str | None] | None = None
+"""(time, reason) of the last reachability probe: one probe serves every part of a load."""
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_unreachable_reason() -> str | None:
+    """Why the Hugging Face hub cannot be reached now, or ``None`` when it may be.
+
+    Checked before any request, so that an offline machine gets one message at once
+    instead of huggingface_hub's five "Retrying in ..." warnings and ~45 s of back-off:
+    ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``, then a TCP connection to the hub's
+    endpoint (at most 3 s; skipped behind an HTTPS proxy, which only the hub client knows
+    how to use). The probe's answer is reused for a minute.
+    """
+    global _probe
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    now = time.monotonic()
+    if _probe is not None and now - _probe[0] < _PROBE_TTL_S:
+        return _probe[1]
+    url = urlsplit(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    reason = None
+    try:
+        socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = f"no network: cannot connect to {host}:{port} ({getattr(exc, 'strerror', None) or exc})"
+    _probe = (now, reason)
+    return reason
+
+
+def _short(exc: BaseException) -> str:
+    """``Type: first line of the message`` (hub errors run to several lines)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
+def _not_found(what: str, ref: str, why: str, download: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"{what} {ref!r} is not on this machine and cannot be downloaded ({why}). Fix: "
+        f"`{download} --local-dir DIR` on a machine with network, then pass DIR instead of "
+        f"{ref!r}."
+    )
 
 
 def resolve_dir(
@@ -51,20 +110,21 @@ def resolve_dir(
             f"{what}: {ref!r} is neither an existing local folder nor a hub id of the form "
             "'owner/name'. Pass the path of a folder that holds the files."
         )
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        return Path(
-            snapshot_download(ref, allow_patterns=list(allow_patterns) if allow_patterns else None,
-                              revision=revision)
-        )
-    except Exception as exc:  # network errors, offline mode, missing repo, gated repo
-        raise ModelNotFoundError(
-            f"{what}: could not find {ref!r} locally nor download it from the Hugging Face hub "
-            f"({type(exc).__name__}: {exc}). Download it on a machine with network access "
-            f"(`huggingface-cli download {ref} --local-dir <folder>`) and pass that folder's path "
-            "instead of the hub id."
-        ) from exc
+    patterns = list(allow_patterns) if allow_patterns else None
+    try:  # a copy in the local hub cache needs no network
+        return Path(snapshot_download(ref, allow_patterns=patterns, revision=revision, local_files_only=True))
+    except OSError:  # LocalEntryNotFoundError: not cached, try the hub below
+        pass
+    download = f"hf download {ref}"
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise _not_found(what, ref, reason, download)
+    try:
+        return Path(snapshot_download(ref, allow_patterns=patterns, revision=revision))
+    except Exception as exc:  # network errors, missing repo, gated repo
+        raise _not_found(what, ref, _short(exc), download) from exc
 
 
 def resolve_file(
@@ -88,14 +148,17 @@ def resolve_file(
     ref = str(ref)
     if filename is None or not _looks_like_hub_id(ref):
         raise ModelNotFoundError(f"{what}: file {ref!r} does not exist.")
-    try:
-        from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download
 
+    try:  # a copy in the local hub cache needs no network
+        return Path(hf_hub_download(ref, filename, revision=revision, local_files_only=True))
+    except OSError:  # LocalEntryNotFoundError: not cached, try the hub below
+        pass
+    download = f"hf download {ref} {filename}"
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise _not_found(f"{what} {filename!r} of", ref, reason, download)
+    try:
         return Path(hf_hub_download(ref, filename, revision=revision))
     except Exception as exc:
-        raise ModelNotFoundError(
-            f"{what}: could not find {filename!r} of {ref!r} locally nor download it from the "
-            f"Hugging Face hub ({type(exc).__name__}: {exc}). Download it where there is network "
-            f"access (`huggingface-cli download {ref} {filename} --local-dir <folder>`) and pass "
-            "the local path instead."
-        ) from exc
+        raise _not_found(f"{what} {filename!r} of", ref, _short(exc), download) from exc

@@ -357,9 +357,20 @@ class SpeechTokenizer(UnitTokenizer):
                 convert once with ``speechgpt-agent convert kmeans``.
             max_chunk_samples: samples per model call.
 
+        ``model="demo"`` returns the embedded demo model's speech tokenizer instead (a
+        :class:`~speechgpt_agent.mel_units.MelUnitTokenizer`: MFCC + k-means units, offline).
+
         Raises:
             ModelNotFoundError, UnsafeCheckpointError, CheckpointError, ValueError.
         """
+        from .demo import DEMO_NAME, demo_parts
+
+        if os.fspath(model) == DEMO_NAME:
+            from .mel_units import MelUnitTokenizer
+
+            if kmeans is not None:
+                raise ValueError("the demo speech tokenizer comes with its own k-means: pass no kmeans.")
+            return MelUnitTokenizer.from_pretrained(demo_parts().speech_tokenizer)  # type: ignore[return-value]
         # the k-means first: it is small and may refuse (pickle) before the model loads
         centroids = load_centroids(model if kmeans is None else kmeans, trust_pickle=trust_pickle)
         hubert, feature_extractor = load_hubert(model, device=device, dtype=dtype)

@@ -807,10 +807,16 @@ class UnitVocoder:
             trust_pickle: allow full unpickling of a checkpoint that holds more than
                 tensors (see :func:`~speechgpt_agent.checkpoints.load_torch_checkpoint`).
 
+        ``ref="demo"`` loads the embedded demo model's vocoder (offline).
+
         Raises:
             ModelNotFoundError: nothing at ``ref``, or a folder without config/checkpoint.
             CheckpointError: unreadable or mismatching config/weights.
         """
+        from .demo import DEMO_NAME, demo_parts
+
+        if os.fspath(ref) == DEMO_NAME:
+            ref = demo_parts().vocoder
         config_path, checkpoint_path = _locate(ref)
         config = read_vocoder_config(config_path)
         state = read_vocoder_state_dict(checkpoint_path, trust_pickle=trust_pickle)
