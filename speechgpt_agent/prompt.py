@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Literal
@@ -45,6 +45,8 @@ __all__ = [
     "UA",
     "Task",
     "Turn",
+    "as_history",
+    "as_turn",
     "asr_question",
     "build_prompt",
     "chain_of_modality_answer",
@@ -225,12 +227,81 @@ def _question(question: str | None, units: Sequence[int] | None, task: Task | No
     raise ValueError(f"task must be 'chat', 'asr' or 'tts', got {task!r}.")
 
 
+def as_turn(item: object, index: int = 0) -> Turn:
+    """One history entry as a :class:`Turn`.
+
+    Accepts a :class:`Turn`, a ``(user, assistant)`` tuple or list, and a mapping with
+    ``"user"`` and ``"assistant"`` keys (``"human"``/``"ai"`` also work).
+
+    Raises:
+        TypeError: any other shape, or a part that is not a string (the message names
+            ``index``, the entry's position in the history).
+    """
+    if isinstance(item, Turn):
+        user, assistant = item.user, item.assistant
+    elif isinstance(item, Mapping):
+        user = item.get("user", item.get("human"))
+        assistant = item.get("assistant", item.get("ai"))
+        if user is None or assistant is None:
+            raise TypeError(
+                f"history[{index}] is a dict with keys {sorted(map(str, item))}; a history entry "
+                "needs 'user' and 'assistant' keys (or pass Turn(user, assistant)).")
+    elif isinstance(item, (tuple, list)) and len(item) == 2:
+        user, assistant = item
+    else:
+        raise TypeError(
+            f"history[{index}] is {type(item).__name__} {item!r:.80}; a history entry is "
+            "Turn(user, assistant), a (user, assistant) pair or {'user': ..., 'assistant': ...}.")
+    if not isinstance(user, str) or not isinstance(assistant, str):
+        raise TypeError(
+            f"history[{index}] holds {type(user).__name__}/{type(assistant).__name__}; the user "
+            "and assistant sides of a history entry are strings.")
+    return item if isinstance(item, Turn) else Turn(user, assistant)
+
+
+def as_history(history: Iterable[object]) -> list[Turn]:
+    """Every entry of ``history`` as a :class:`Turn` (see :func:`as_turn`).
+
+    Raises:
+        TypeError: ``history`` is not a sequence of entries, or an entry has another shape.
+    """
+    if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Iterable):
+        raise TypeError(
+            f"history must be a list of earlier turns, got {type(history).__name__}.")
+    return [as_turn(item, i) for i, item in enumerate(history)]
+
+
+def _render_turn(turn: Turn) -> str:
+    return TEMPLATE.format(question=escape_user_text(turn.user)) + escape_user_text(turn.assistant) + EOA + "\n"
+
+
 def _render(system: str, history: Sequence[Turn], question: str) -> str:
-    turns = "".join(
-        TEMPLATE.format(question=escape_user_text(t.user)) + escape_user_text(t.assistant) + EOA + "\n"
-        for t in history
-    )
-    return system + turns + TEMPLATE.format(question=question)
+    return system + "".join(_render_turn(t) for t in history) + TEMPLATE.format(question=question)
+
+
+def _fitting_turns(
+    system: str, turns: Sequence[Turn], question: str, max_tokens: int, count_tokens: Callable[[str], int]
+) -> int:
+    """How many of the newest ``turns`` fit ``max_tokens`` with the system text and question.
+
+    Each turn is tokenized once, followed by the ``[Human]`` that always follows it in the
+    prompt (the tokenizer strips the whitespace next to added tokens, so the turn's final
+    newline costs nothing there), less the tokens of ``[Human]`` alone (with ``<s>``). A history
+    of ``n`` turns costs ``n + 2`` tokenizer calls, not ``O(n^2)`` work. Turns are delimited
+    by added tokens, which the tokenizer splits on first, so the counts add up;
+    :func:`build_prompt` checks the sum with one count of the final prompt.
+    """
+    budget = max_tokens - count_tokens(_render(system, (), question))
+    if budget < 0 or not turns:
+        return 0
+    seam = count_tokens(HUMAN)
+    keep = 0
+    for turn in reversed(turns):
+        budget -= count_tokens(_render_turn(turn) + HUMAN) - seam
+        if budget < 0:
+            break
+        keep += 1
+    return keep
 
 
 def build_prompt(
@@ -252,14 +323,17 @@ def build_prompt(
         task: ``"chat"`` (default): speech and/or text in, the model chooses the answer form
             (spoken questions get the chain-of-modality answer); ``"asr"``: transcribe
             ``units``; ``"tts"``: speak ``question``.
-        history: earlier turns, oldest first; rendered as text with ``<eoa>`` endings.
+        history: earlier turns, oldest first (:class:`Turn`, ``(user, assistant)`` pairs or
+            ``{"user", "assistant"}`` dicts); rendered as text with ``<eoa>`` endings.
         system: replaces :data:`META_INSTRUCTION` (escaped; a final newline is added).
         max_tokens: budget of prompt tokens (context window minus room for the answer).
-            Needs ``count_tokens``. Oldest turns are dropped, with a warning, until it fits.
+            Needs ``count_tokens``. Oldest turns are dropped, with a warning, until it fits
+            (each turn is tokenized once: linear in the length of the history).
         count_tokens: number of tokens of a prompt string (``SpeechGPTModel.count_tokens``).
 
     Raises:
         ValueError: inconsistent arguments (no question, ``asr`` without units ...).
+        TypeError: a history entry of another shape.
         UnitError: invalid units.
         PromptTooLongError: the question alone does not fit ``max_tokens``.
     """
@@ -270,17 +344,20 @@ def build_prompt(
         sys_text = escape_user_text(system)
         if not sys_text.endswith("\n"):
             sys_text += "\n"
-    turns = list(history)
-    prompt = _render(sys_text, turns, q)
+    turns = as_history(history)
     if max_tokens is None:
-        return prompt
+        return _render(sys_text, turns, q)
     if count_tokens is None:
         raise ValueError("max_tokens needs count_tokens (e.g. SpeechGPTModel.count_tokens).")
-    dropped = 0
-    while (n := count_tokens(prompt)) > max_tokens and turns:
-        turns.pop(0)
+    keep = _fitting_turns(sys_text, turns, q, max_tokens, count_tokens)
+    dropped = len(turns) - keep
+    prompt = _render(sys_text, turns[dropped:], q)
+    n = count_tokens(prompt)
+    while n > max_tokens and dropped < len(turns):
+        # the per-turn counts are exact up to merges at the seams; rarely one more goes
         dropped += 1
-        prompt = _render(sys_text, turns, q)
+        prompt = _render(sys_text, turns[dropped:], q)
+        n = count_tokens(prompt)
     if n > max_tokens:
         raise PromptTooLongError(
             f"the prompt needs {n} tokens but only {max_tokens} are available, even without "

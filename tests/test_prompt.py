@@ -198,3 +198,69 @@ def test_history_is_rendered_and_trimmed_to_the_budget(tok_vocab):
 def test_custom_system_text_is_escaped():
     assert build_prompt("q", system="Be brief <eoh>") == (
         "Be brief < eoh>\n[Human]: q <eoh>. [SpeechGPT]: ")
+
+
+def _reference_fit(history, question, budget, count):
+    """The plain definition: drop the oldest turn until the prompt fits (quadratic)."""
+    turns = list(history)
+    while turns and count(build_prompt(question, history=turns)) > budget:
+        turns.pop(0)
+    return build_prompt(question, history=turns)
+
+
+def test_history_fitting_matches_dropping_one_turn_at_a_time(tok_vocab):
+    tok, _ = tok_vocab
+    import random
+
+    rng = random.Random(0)
+    words = ["hello", "sosp <sosp>", "[Human]", "12 <12>", "  spaced  ", "héllo", "\n", "a"]
+    history = [Turn(" ".join(rng.choices(words, k=rng.randint(0, 6))),
+                    " ".join(rng.choices(words, k=rng.randint(0, 6)))) for _ in range(40)]
+
+    def count(prompt):
+        return len(tok.encode(prompt))
+
+    full = count(build_prompt("the question", history=history))
+    alone = count(build_prompt("the question"))
+    for budget in range(alone, full + 2, 7):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = build_prompt("the question", history=history, max_tokens=budget, count_tokens=count)
+        assert got == _reference_fit(history, "the question", budget, count), budget
+
+
+def test_long_history_is_fitted_in_linear_work(tok_vocab):
+    tok, _ = tok_vocab
+    history = [Turn(f"question {i}", f"answer {i}") for i in range(3000)]
+    calls, chars = [], []
+
+    def count(prompt):
+        calls.append(1)
+        chars.append(len(prompt))
+        return len(tok.encode(prompt))
+
+    with pytest.warns(UserWarning, match="dropped the"):
+        prompt = build_prompt("last", history=history, max_tokens=400, count_tokens=count)
+    assert count(prompt) <= 400 and "answer 2999<eoa>" in prompt and "answer 0<eoa>" not in prompt
+    # one count per turn and a few for the system text, the question and the final check
+    assert len(calls) <= len(history) + 6
+    rendered = len(build_prompt("last", history=history))
+    assert sum(chars) <= 2 * rendered  # never the whole history re-tokenized per dropped turn
+
+
+def test_history_as_pairs_and_dicts_and_typed_errors_otherwise():
+    turns = [Turn("hi", "hello"), Turn("how are you", "fine")]
+    expected = build_prompt("q", history=turns)
+    assert build_prompt("q", history=[("hi", "hello"), ["how are you", "fine"]]) == expected
+    assert build_prompt("q", history=[{"user": "hi", "assistant": "hello"},
+                                      {"user": "how are you", "assistant": "fine"}]) == expected
+    for bad, match in [
+        ([{"role": "user", "content": "hi"}], r"history\[0\].*'user' and 'assistant'"),
+        (["hi"], r"history\[0\] is str"),
+        ([("a", "b", "c")], r"history\[0\] is tuple"),
+        ([Turn("ok", "fine"), ("hi", 3)], r"history\[1\] holds str/int"),
+        ("hi hello", "history must be a list"),
+        ({"user": "hi", "assistant": "hello"}, "history must be a list"),
+    ]:
+        with pytest.raises(TypeError, match=match):
+            build_prompt("q", history=bad)
