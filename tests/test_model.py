@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import threading
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechgpt_agent.errors import CheckpointError, ModelNotFoundError, PromptTooLongError
+from speechgpt_agent.errors import CheckpointError, ModelNotFoundError
 from speechgpt_agent.model import GenerationOptions, SpeechGPTModel
-from speechgpt_agent.parse import Done, parse_response
 from speechgpt_agent.prompt import ADDED_TOKENS, build_prompt, format_units
 from speechgpt_agent.testing.llm import make_tiny_lora_adapter, make_tiny_speechgpt
 
@@ -247,107 +245,3 @@ def test_prompt_tokenization_example(model):
     toks = model.tokenizer.convert_ids_to_tokens(model.encode("[Human]: hi <eoh>. [SpeechGPT]: "))
     assert toks[:3] == ["<s>", "[Human]", "▁"] and "<eoh>" in toks  # "▁:" pieces, no spaces
     assert toks[toks.index("<eoh>") + 1] == "▁" and toks[-1] == "▁"
-
-
-# --- generation ----------------------------------------------------------------------------------
-
-
-def test_generation_defaults_are_the_original_cli_ones():
-    o = GenerationOptions()
-    assert (o.temperature, o.top_p, o.top_k, o.do_sample) == (0.7, 0.8, 50, True)
-    assert (o.max_new_tokens, o.min_new_tokens) == (2048, 10)
-    for bad in ({"temperature": 0}, {"top_p": 0}, {"top_k": -1}, {"max_new_tokens": 0},
-                {"min_new_tokens": -1}, {"repetition_penalty": 0}):
-        with pytest.raises(ValueError):
-            GenerationOptions(**bad)
-
-
-def test_seeded_streams_are_reproducible(model):
-    ids = prompt_ids(model)
-    runs = [list(model.generate_stream(ids, FREE, seed=s, stop_strings=())) for s in (1, 1, 2)]
-    assert runs[0] == runs[1] and runs[0] != runs[2]
-    stream = model.generate_stream(ids, FREE, seed=1, stop_strings=())
-    assert list(stream) == runs[0] and len(runs[0]) == 24
-    assert stream.finish_reason == "length" and stream.tokens == runs[0]
-
-
-def test_concurrent_streams_match_sequential_ones(model):
-    ids = prompt_ids(model)
-    expected = {s: list(model.generate_stream(ids, FREE, seed=s)) for s in (3, 4)}
-    got = {}
-
-    def run(seed):
-        got[seed] = list(model.generate_stream(ids, FREE, seed=seed))
-
-    threads = [threading.Thread(target=run, args=(s,)) for s in (3, 4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert got == expected
-
-
-def test_stop_strings_end_the_stream_after_their_last_token(model):
-    ids = prompt_ids(model)
-    tokens = list(model.generate_stream(ids, GREEDY, stop_strings=()))
-    for k in range(2, len(tokens)):
-        stop = model.tokenizer.decode(tokens[: k + 1])[-3:]
-        if stop.strip() and stop not in model.tokenizer.decode(tokens[:k]):
-            break
-    else:
-        pytest.fail("no usable stop string in the greedy output")
-    stream = model.generate_stream(ids, GREEDY, stop_strings=(stop,))
-    assert list(stream) == tokens[: k + 1] and stream.finish_reason == "stop"
-
-
-def test_eos_and_min_new_tokens(copy_of, model, com):
-    ids = prompt_ids(model)
-    tokens = list(model.generate_stream(ids, GREEDY, stop_strings=()))
-    k = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])
-    # a checkpoint whose generation_config names tokens[k] as a second eos
-    folder = copy_of(lambda f: _edit_json(f / "generation_config.json", eos_token_id=[2, tokens[k]]))
-    m = SpeechGPTModel.from_pretrained(folder, com, progress=False)
-    stream = m.generate_stream(ids, GREEDY, stop_strings=())
-    assert list(stream) == tokens[:k] and stream.finish_reason == "stop"
-    longer = GenerationOptions(max_new_tokens=24, min_new_tokens=k + 1, do_sample=False)
-    out = list(m.generate_stream(ids, longer, stop_strings=()))
-    assert out[:k] == tokens[:k] and len(out) > k and out[k] != tokens[k]
-
-
-def test_cancel_and_close(model):
-    ids = prompt_ids(model)
-    stream = model.generate_stream(ids, FREE, seed=0, stop_strings=())
-    first = [next(stream) for _ in range(3)]
-    stream.cancel()
-    assert list(stream) == [] and stream.finish_reason == "cancelled" and stream.tokens == first
-    stream = model.generate_stream(ids, FREE, seed=0, stop_strings=())
-    next(stream)
-    stream.close()
-    assert list(stream) == [] and stream.finish_reason == "cancelled"
-
-
-def test_context_window(tmp_path):
-    folder = make_tiny_speechgpt(tmp_path / "short", max_position_embeddings=40)
-    m = SpeechGPTModel.from_pretrained(folder, None, quantization=None, progress=False)
-    with pytest.raises(PromptTooLongError, match="context window is 40"):
-        m.generate_stream(list(range(3, 43)), FREE)
-    stream = m.generate_stream(list(range(3, 37)), FREE, seed=0, stop_strings=())
-    assert len(list(stream)) == 6 and stream.finish_reason == "length"
-
-
-@pytest.mark.parametrize("bad", [[], [5, 99999], [-1], torch.ones(2, 3, dtype=torch.long)])
-def test_generate_stream_validates_its_input(model, bad):
-    with pytest.raises(ValueError):
-        model.generate_stream(bad)
-
-
-def test_stream_parser_on_generated_tokens(model):
-    ids = prompt_ids(model)
-    stream = model.generate_stream(ids, FREE, seed=5)
-    parser = model.stream_parser()
-    events = [e for t in stream for e in parser.feed(t)] + parser.close(stream.finish_reason)
-    done = events[-1]
-    assert isinstance(done, Done) and done.finish_reason == stream.finish_reason
-    whole = parse_response(model.decode(stream.tokens))
-    assert done.units == whole.units
-    assert " ".join(done.text.split()) == " ".join(whole.text.split())
