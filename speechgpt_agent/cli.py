@@ -460,9 +460,15 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     add_data_parser(sub)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from .server.cli import add_serve_parser
+
+    add_serve_parser(sub)
+
+
 _COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (
     _add_demo, _add_chat, _add_transcribe, _add_speak, _add_units, _add_vocode, _add_convert, _add_info, _add_selfcheck,
-    _add_training,
+    _add_training, _add_serve,
 )
 
 
