@@ -172,56 +172,170 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- the runtime commands
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(kind: type) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        return value
+
+    return parse
+
+
+def _probability(text: str) -> float:
+    value = _non_negative(float)(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+MODEL_HELP = ("stage-2 LLM: hub id, local folder, or 'demo' for the small model embedded in the package "
+              "(offline, CPU, seconds; it brings its own adapter, speech tokenizer and vocoder) "
+              "(default: %(default)s)")
+
+
 def _model_set_args(p: argparse.ArgumentParser, *, speech: bool = True) -> None:
-    g = p.add_argument_group("model set (hub ids or local folders)")
-    g.add_argument("--model", default="fnlp/SpeechGPT-7B-cm", help="stage-2 LLM (default: %(default)s)")
+    g = p.add_argument_group("model set (hub ids or local folders; --model demo needs none of them)")
+    g.add_argument("--model", default="fnlp/SpeechGPT-7B-cm", help=MODEL_HELP)
     g.add_argument("--adapter", default="fnlp/SpeechGPT-7B-com", help="LoRA adapter (default: %(default)s)")
     g.add_argument("--no-adapter", action="store_true", help="load no adapter")
-    g.add_argument("--quantization", choices=["nf4", "int8", "none"], default="nf4", help="default: %(default)s")
+    g.add_argument("--quantization", choices=["nf4", "int8", "none"], default=None,
+                   help="LLM weights (default: nf4; none for --model demo)")
     g.add_argument("--device", default=None, help="device of the speech tokenizer and vocoder")
     if speech:
         g.add_argument("--hubert", default=DEFAULT_HUBERT, help="speech tokenizer (default: %(default)s)")
         g.add_argument("--kmeans", default=None, help="k-means file (default: the one beside --hubert)")
         g.add_argument("--vocoder", default=None, help="unit HiFi-GAN (default: the released one)")
         g.add_argument("--trust-pickle", action="store_true", help="allow the upstream pickled k-means")
-    s = p.add_argument_group("generation")
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--temperature", type=float, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--max-new-tokens", type=int, default=None)
+    s = p.add_argument_group(
+        "generation",
+        "Default: sampling with the original SpeechGPT CLI's settings (temperature 0.7, top-p 0.8, "
+        "top-k 50) from --seed 0, so a command repeats its answer; greedy for --model demo (as it "
+        "was measured). --greedy or --temperature 0: greedy decoding.")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampling: same seed, same answer "
+                   "(default: %(default)s)")
+    s.add_argument("--greedy", action="store_true", help="greedy decoding: the most likely token at each step")
+    s.add_argument("--temperature", type=_non_negative(float), default=None, help="sampling temperature; 0 = greedy")
+    s.add_argument("--top-p", type=_probability, default=None, help="nucleus sampling mass, in (0, 1]")
+    s.add_argument("--top-k", type=_non_negative(int), default=None, help="sample among the k likeliest (0: all)")
+    s.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                   help="most tokens in the answer (default: 2048; 400 for --model demo)")
+
+
+def _is_demo(args: argparse.Namespace) -> bool:
+    from .demo import DEMO_NAME
+
+    return str(args.model) == DEMO_NAME
+
+
+def _quantization(args: argparse.Namespace) -> str | None:
+    """``--quantization`` as ``from_pretrained`` takes it (default nf4; none for the demo)."""
+    chosen = args.quantization or ("none" if _is_demo(args) else "nf4")
+    return None if chosen == "none" else chosen
 
 
 def _options(args: argparse.Namespace):
+    """The :class:`GenerationOptions` of the command line (flags already validated by argparse)."""
     import dataclasses
 
     from .model import GenerationOptions
 
-    changes = {k: v for k, v in {
-        "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+    greedy = args.greedy or args.temperature == 0
+    sampling_asked = not greedy and any(v is not None for v in (args.temperature, args.top_p, args.top_k))
+    if _is_demo(args):  # as run_demo and benchmarks/demo_quality.py run it
+        base = GenerationOptions(do_sample=sampling_asked, max_new_tokens=400, min_new_tokens=0)
+    else:
+        base = GenerationOptions()
+    changes: dict = {k: v for k, v in {
+        "temperature": None if greedy else args.temperature, "top_p": args.top_p, "top_k": args.top_k,
         "max_new_tokens": args.max_new_tokens,
     }.items() if v is not None}
-    return dataclasses.replace(GenerationOptions(), **changes)
+    if greedy:
+        changes["do_sample"] = False
+    max_new = changes.get("max_new_tokens", base.max_new_tokens)
+    changes["min_new_tokens"] = min(base.min_new_tokens, max_new)
+    return dataclasses.replace(base, **changes)
 
 
-def _load_runtime(args: argparse.Namespace, *, speech_in: bool = True, speech_out: bool = True):
+def _check_audio_inputs(paths: Sequence[str], flag: str) -> None:
+    """Decode every input clip before any model loads: a missing, empty or unreadable file is
+    reported in seconds, not after minutes of loading (raises AudioError)."""
+    from .audio import load_audio
+    from .errors import AudioError
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise AudioError(f"{flag} {path}: no such file.")
+        if Path(path).stat().st_size == 0:
+            raise AudioError(f"{flag} {path}: the file is empty.")
+        try:
+            load_audio(path)
+        except AudioError as exc:
+            raise AudioError(f"{flag} {path}: {exc}") from None
+
+
+def _check_output(path: str | None, flag: str = "-o") -> None:
+    """An output wav path that can be written (checked before any model loads)."""
+    if path and Path(path).is_dir():
+        raise SpeechGPTError(f"{flag} {path} is a folder; give the path of a .wav file.")
+
+
+def _load_runtime(args: argparse.Namespace, *, speech_in: bool = True, speech_out: bool = True,
+                  preload: Sequence[str] = ()):
+    """The SpeechGPT of the command line. Parts in ``preload`` load before the LLM (they are
+    small and may refuse, e.g. a pickled k-means, before minutes of LLM loading); the others
+    load when first needed (a text question needs no speech tokenizer)."""
+    from .errors import ModelNotFoundError, UnsafeCheckpointError
+    from .hub import check_available
     from .pipeline import SpeechGPT
 
     print(f"loading {args.model} ...", file=sys.stderr)
-    return SpeechGPT.from_pretrained(
-        args.model,
-        None if args.no_adapter else args.adapter,
-        speech_tokenizer=args.hubert if speech_in else None,
-        kmeans=args.kmeans,
-        vocoder=args.vocoder if speech_out else "",
-        quantization=None if args.quantization == "none" else args.quantization,
-        device=args.device,
-        trust_pickle=args.trust_pickle,
-    )
+    demo = _is_demo(args)
+    try:
+        if not demo:  # the part a user lacks first is named first, before smaller parts load
+            check_available(args.model, what="SpeechGPT language model")
+            if not args.no_adapter:
+                check_available(args.adapter, what="SpeechGPT adapter")
+        return SpeechGPT.from_pretrained(
+            args.model,
+            None if args.no_adapter else args.adapter,
+            speech_tokenizer=args.hubert if speech_in else None,
+            kmeans=args.kmeans,
+            vocoder=args.vocoder if speech_out else "",
+            quantization=_quantization(args),
+            device=args.device,
+            trust_pickle=args.trust_pickle,
+            preload=preload,
+            progress=not demo,
+        )
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(f"{exc} (On the command line: --trust-pickle.)") from None
+    except ModelNotFoundError as exc:
+        if demo:
+            raise
+        raise ModelNotFoundError(f"{exc} (No weights at hand? `--model demo` runs the small model "
+                                 "embedded in the package.)") from None
 
 
-def _print_turn(runtime, out_wav: str | None, **kwargs) -> int:
-    """Stream one turn to the terminal; write the spoken answer to ``out_wav``."""
+def _print_turn(runtime, out_wav: str | None, *, speak_text: bool = False, **kwargs):
+    """Stream one turn to the terminal; write the spoken answer to ``out_wav``.
+
+    ``speak_text``: an answer without speech of its own is spoken by a TTS turn.
+    Returns the :class:`~speechgpt_agent.pipeline.Response`.
+    """
     from .audio import write_wav
     from .parse import TextDelta, TranscriptDelta
     from .pipeline import Completed
@@ -243,25 +357,39 @@ def _print_turn(runtime, out_wav: str | None, **kwargs) -> int:
             response = event.response
     print()
     assert response is not None
-    if response.audio is not None and out_wav:
-        path = write_wav(out_wav, response.audio, response.sample_rate)
-        print(f"Speech answer: {path} ({response.duration:.2f} s, {len(response.units)} units)")
     print(f"[{response.finish_reason}; {response.usage.prompt_tokens} prompt + "
           f"{response.usage.completion_tokens} answer tokens]", file=sys.stderr)
-    return 0
+    audio, rate, how = response.audio, response.sample_rate, f"{len(response.units)} units"
+    if audio is None and speak_text and response.text.strip() and out_wav:
+        spoken = runtime.speak(response.text, options=kwargs.get("options"), seed=kwargs.get("seed"))
+        audio, rate, how = spoken.audio, spoken.sample_rate, "the text answer read by SpeechGPT's TTS"
+    if audio is not None and out_wav:
+        path = write_wav(out_wav, audio, rate)
+        print(f"Speech answer: {path} ({len(audio) / rate:.2f} s, {how})")
+    elif out_wav and kwargs.get("output", "both") != "text":
+        print("Speech answer: none (the answer has no speech units; no wav written)")
+    return response
 
 
 def _add_chat(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "chat",
         help="talk with SpeechGPT (interactive, or one turn with --audio/--text)",
-        description="Talk with SpeechGPT. Without --audio/--text: an interactive session where "
-        "each line is a question, or a path to an audio file. The spoken answer is written as a wav.",
+        description="Talk with SpeechGPT. With --audio/--text: one turn. Without: an interactive "
+        "session where each line is a question or the path of an audio file; earlier turns are "
+        "kept as the conversation's history. A spoken question gets a spoken answer (written to "
+        "-o); a text question gets a text answer, also spoken with --speak. "
+        "No weights at hand? --model demo runs the small model embedded in the package, offline.",
     )
     p.add_argument("--audio", help="a spoken question (any format/rate soundfile reads)")
     p.add_argument("--text", help="a text question")
-    p.add_argument("-o", "--output", default="answer.wav", help="wav of the spoken answer (default: %(default)s)")
-    p.add_argument("--text-only", action="store_true", help="do not synthesize speech")
+    p.add_argument("-o", "--output", default="answer.wav",
+                   help="wav of the spoken answer (default: %(default)s; interactive: answer_1.wav, "
+                   "answer_2.wav, ...); written when the answer is spoken")
+    speech = p.add_mutually_exclusive_group()
+    speech.add_argument("--speak", action="store_true",
+                        help="speak text answers too (SpeechGPT's TTS reads them) and write them to -o")
+    speech.add_argument("--text-only", action="store_true", help="never synthesize speech (loads no vocoder)")
     _model_set_args(p)
     p.set_defaults(func=_cmd_chat)
 
@@ -271,14 +399,31 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     from .prompt import Turn
 
-    runtime = _load_runtime(args, speech_out=not args.text_only)
-    output = "text" if args.text_only else "both"
+    if args.audio is not None:
+        _check_audio_inputs([args.audio], "--audio")
+    if args.text is not None and not args.text.strip():
+        raise SpeechGPTError("--text is empty: give the question's text.")
+    _check_output(args.output)
     opts = _options(args)
-    if args.audio or args.text:
-        return _print_turn(runtime, args.output, text=args.text, audio=args.audio, output=output,
-                           options=opts, seed=args.seed)
+    one_turn = args.audio is not None or args.text is not None
+    preload = []
+    if args.audio is not None:
+        preload.append("speech_tokenizer")
+    if not args.text_only and (args.audio is not None or args.speak):
+        preload.append("vocoder")
+    runtime = _load_runtime(args, speech_out=not args.text_only, preload=preload if one_turn else ())
+
+    def output_for(spoken_question: bool) -> str:
+        # a text question is answered in text: no vocoder work (and none loaded) unless --speak
+        return "both" if not args.text_only and (spoken_question or args.speak) else "text"
+
+    if one_turn:
+        _print_turn(runtime, args.output, speak_text=args.speak, text=args.text, audio=args.audio,
+                    output=output_for(args.audio is not None), options=opts, seed=args.seed)
+        return 0
     history: list[Turn] = []
     n = 0
+    stem, ext = os.path.splitext(args.output)
     print("Talk with SpeechGPT (a question, or the path of an audio file; 'quit' to end).")
     while True:
         try:
@@ -290,33 +435,48 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         if not line:
             continue
         is_audio = os.path.isfile(line)
-        out = f"{os.path.splitext(args.output)[0]}_{n}.wav"
         n += 1
         try:
-            _print_turn(runtime, out, text=None if is_audio else line, audio=line if is_audio else None,
-                        output=output, options=opts, seed=args.seed, history=history)
+            response = _print_turn(
+                runtime, f"{stem}_{n}{ext or '.wav'}", speak_text=args.speak,
+                text=None if is_audio else line, audio=line if is_audio else None,
+                output=output_for(is_audio), options=opts, seed=args.seed, history=history)
         except SpeechGPTError as exc:  # keep the session alive
             print(f"error: {exc}", file=sys.stderr)
+            continue
+        user = response.transcript if is_audio else line
+        if user.strip() and response.text.strip():
+            history.append(Turn(user=user, assistant=response.text))
 
 
 def _add_transcribe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("transcribe", help="speech -> text with SpeechGPT's own ASR")
-    p.add_argument("audio", nargs="+")
+    p = sub.add_parser(
+        "transcribe", help="speech -> text with SpeechGPT's own ASR",
+        description="Transcribe audio files with SpeechGPT's own ASR (its speech-to-text "
+        "instruction); prints 'path<TAB>transcript' per file. Loads no vocoder. "
+        "--model demo uses the small model embedded in the package (offline).")
+    p.add_argument("audio", nargs="+", help="audio files (wav/flac/ogg/...; any rate, any channels)")
     _model_set_args(p)
     p.set_defaults(func=_cmd_transcribe)
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
-    runtime = _load_runtime(args, speech_out=False)
+    _check_audio_inputs(args.audio, "audio")
+    opts = _options(args)
+    runtime = _load_runtime(args, speech_out=False, preload=["speech_tokenizer"])
     for path in args.audio:
-        print(f"{path}\t{runtime.transcribe(path, options=_options(args), seed=args.seed)}")
+        print(f"{path}\t{runtime.transcribe(path, options=opts, seed=args.seed)}")
     return 0
 
 
 def _add_speak(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("speak", help="text -> speech with SpeechGPT's own TTS")
-    p.add_argument("text")
-    p.add_argument("-o", "--output", default="speech.wav", help="default: %(default)s")
+    p = sub.add_parser(
+        "speak", help="text -> speech with SpeechGPT's own TTS",
+        description="Speak a sentence with SpeechGPT's own TTS (its text-to-speech instruction: "
+        "the LLM writes speech units, the unit vocoder turns them into a 16 kHz wav). Loads no "
+        "speech tokenizer. --model demo uses the small model embedded in the package (offline).")
+    p.add_argument("text", help="the sentence to speak")
+    p.add_argument("-o", "--output", default="speech.wav", help="output wav (default: %(default)s)")
     _model_set_args(p)
     p.set_defaults(func=_cmd_speak)
 
@@ -324,8 +484,12 @@ def _add_speak(sub: argparse._SubParsersAction) -> None:
 def _cmd_speak(args: argparse.Namespace) -> int:
     from .audio import write_wav
 
-    runtime = _load_runtime(args, speech_in=False)
-    response = runtime.speak(args.text, options=_options(args), seed=args.seed)
+    if not args.text.strip():
+        raise SpeechGPTError("the text to speak is empty.")
+    _check_output(args.output)
+    opts = _options(args)
+    runtime = _load_runtime(args, speech_in=False, preload=["vocoder"])
+    response = runtime.speak(args.text, options=opts, seed=args.seed)
     if response.audio is None:
         print("the model gave no speech units (finish reason: " + response.finish_reason + ")", file=sys.stderr)
         return 1
@@ -334,22 +498,39 @@ def _cmd_speak(args: argparse.Namespace) -> int:
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="load the LLM and show what is loaded: dtype, quantization, memory")
+    p = sub.add_parser(
+        "info", help="load the LLM and show what is loaded: dtype, quantization, memory",
+        description="Load the LLM (and its adapter) as chat would and print, as JSON, what was "
+        "loaded: the folders, dtype, quantization, device map, parameter count and memory "
+        "footprint. --model demo describes the small model embedded in the package (offline).")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="fnlp/SpeechGPT-7B-cm")
-    g.add_argument("--adapter", default="fnlp/SpeechGPT-7B-com")
-    g.add_argument("--no-adapter", action="store_true")
-    g.add_argument("--quantization", choices=["nf4", "int8", "none"], default="nf4")
+    g.add_argument("--model", default="fnlp/SpeechGPT-7B-cm", help=MODEL_HELP)
+    g.add_argument("--adapter", default="fnlp/SpeechGPT-7B-com", help="LoRA adapter (default: %(default)s)")
+    g.add_argument("--no-adapter", action="store_true", help="load no adapter")
+    g.add_argument("--quantization", choices=["nf4", "int8", "none"], default=None,
+                   help="default: nf4; none for --model demo")
     p.set_defaults(func=_cmd_info)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .model import SpeechGPTModel
+    from .errors import ModelNotFoundError
+    from .model import DEFAULT_ADAPTER, SpeechGPTModel
 
-    lm = SpeechGPTModel.from_pretrained(
-        args.model, None if args.no_adapter else args.adapter,
-        quantization=None if args.quantization == "none" else args.quantization,
-    )
+    model, adapter = args.model, None if args.no_adapter else args.adapter
+    quantization = _quantization(args)
+    if _is_demo(args):
+        from .demo import demo_parts
+
+        parts = demo_parts()
+        model = parts.model
+        adapter = parts.adapter if adapter == DEFAULT_ADAPTER else adapter
+    try:
+        lm = SpeechGPTModel.from_pretrained(model, adapter, quantization=quantization)
+    except ModelNotFoundError as exc:
+        if _is_demo(args):
+            raise
+        raise ModelNotFoundError(f"{exc} (No weights at hand? `--model demo` describes the small model "
+                                 "embedded in the package.)") from None
     print(json.dumps(lm.describe(), indent=2, default=str))
     return 0
 

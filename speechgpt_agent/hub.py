@@ -76,8 +76,8 @@ def _short(exc: BaseException) -> str:
 def _not_found(what: str, ref: str, why: str, download: str) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"{what} {ref!r} is not on this machine and cannot be downloaded ({why}). Fix: "
-        f"`{download} --local-dir DIR` on a machine with network, then pass DIR instead of "
-        f"{ref!r}."
+        f"`{download} --local-dir DIR` on a machine with network, then pass the path DIR "
+        f"instead of {ref!r}."
     )
 
 
@@ -162,3 +162,28 @@ def resolve_file(
         return Path(hf_hub_download(ref, filename, revision=revision))
     except Exception as exc:
         raise _not_found(f"{what} {filename!r} of", ref, _short(exc), download) from exc
+
+
+def check_available(ref: PathLike, *, what: str) -> None:
+    """Fail at once when ``ref`` (a hub id) is neither local nor in the hub cache and the hub
+    cannot be reached; download nothing.
+
+    For commands that load several parts: the one the user lacks first (the LLM) is
+    named before smaller parts are loaded or refused.
+
+    Raises:
+        ModelNotFoundError: as :func:`resolve_dir`, without its download attempt.
+    """
+    ref = str(ref)
+    if Path(os.path.expanduser(ref)).exists() or not _looks_like_hub_id(ref):
+        return  # a local path, or something resolve_dir will explain
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(ref, local_files_only=True)
+        return
+    except OSError:  # LocalEntryNotFoundError: not cached
+        pass
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise _not_found(what, ref, reason, f"hf download {ref}")
