@@ -14,10 +14,21 @@ Generated output is untrusted. Both parsers never raise on it and agree on the r
 * ``[ta]``, ``[ua]`` and ``<eoa>`` are text markers (the model spells them with several
   tokens); separators and spacing around them (``"; [ta]"``, ``";[ta]"``, ``" [ta]"``) do not
   matter, and a ``[tq]`` marker (the paper's transcript tag) is dropped.
-* The text before ``[ta]`` is the transcript only if ``[ta]`` follows; otherwise it is the
-  text answer (a text question's answer, or an ASR transcription, carries no tags).
+* The text before ``[ta]`` is the transcript only if ``[ta]`` follows and is itself followed
+  by an answer (text, ``[ua]`` or units); otherwise it is the text answer. A text question's
+  answer, an ASR transcription, and a spoken question answered without tags (``rome<eoa>``,
+  ``rome; [ta]<eoa>``) carry no transcript: what the original CLI prints as the response
+  there is our text answer.
+* A speaker tag ``[SpeechGPT]`` that the model re-emits is dropped with the ``:`` after it,
+  wherever it appears (one rule, in :class:`_Segmenter`, for both parsers; the stream parser
+  passes the tag's control token to it as that text).
 * Whitespace at the ends of each part and around units is dropped; ``<eoa>`` (or an end
   token such as ``</s>`` or ``[Human]``) ends the answer; a truncated answer is kept.
+* Text is held back while it could still grow into a marker: a proper prefix of one
+  (``[``, ``[t``, ``<eo``, ``[Speech``) and the separators before it (``;``, spaces). If the
+  answer ends there (truncated by ``max_new_tokens``, cancelled, an end token) or a unit
+  token follows, that held-back text is dropped, never emitted as content: ``twelve<e``
+  gives ``twelve`` and ``...italy; [t`` gives ``...italy``.
 
 The concatenation of the deltas of a kind always equals the matching field of ``Done``.
 """
@@ -32,6 +43,7 @@ from typing import Literal
 from .prompt import NUM_UNITS
 
 __all__ = [
+    "SPEAKER_TAG",
     "Done",
     "Event",
     "FinishReason",
@@ -98,14 +110,18 @@ Event = TranscriptDelta | TextDelta | Units | Done
 
 # --- the shared state machine ----------------------------------------------------------------
 
-_MARKER = re.compile(r"\[(?:ta|ua|tq)\]|<eoa>")
-_MARKER_WORDS = ("[ta]", "[ua]", "[tq]", "<eoa>")
+SPEAKER_TAG = "[SpeechGPT]"
+"""The answer's speaker tag; a model that re-emits it (``[SpeechGPT] : ...``) has it dropped."""
+
+_MARKER = re.compile(r"\[(?:ta|ua|tq)\]|<eoa>|" + re.escape(SPEAKER_TAG))
+_MARKER_WORDS = ("[ta]", "[ua]", "[tq]", "<eoa>", SPEAKER_TAG)
+_LONGEST_PREFIX = max(len(w) for w in _MARKER_WORDS) - 1
 
 
 def _holdback(s: str) -> int:
     """Index from which the end of ``s`` could still grow into a marker (with its separators)."""
     j = len(s)
-    for n in range(min(len(s), 4), 0, -1):
+    for n in range(min(len(s), _LONGEST_PREFIX), 0, -1):
         tail = s[-n:]
         if any(w.startswith(tail) and len(tail) < len(w) for w in _MARKER_WORDS):
             j = len(s) - n
@@ -139,10 +155,12 @@ class _Segmenter:
             raise ValueError(f"first_segment must be 'auto', 'transcript' or 'text', got {first_segment!r}.")
         self.single_part = single_part
         self.segment: Literal["lead", "text", "speech"] = "lead"
+        # "transcript" is read like "auto": an untagged answer to a spoken question is its answer
         self.lead_role: Literal["transcript", "text"] | None = (
-            None if first_segment == "auto" else first_segment)
+            "text" if first_segment == "text" else None)
         self.parts = {"lead": _Part(), "transcript": _Part(), "text": _Part()}
-        self.pending = ""
+        self.pending = ""  # held-back text: separators and/or a proper prefix of a marker
+        self.after_speaker = False  # a [SpeechGPT] tag was dropped: drop a ":" right after it
         self.in_span = False
         self.units: list[int] = []
         self.done = False
@@ -188,6 +206,8 @@ class _Segmenter:
         if not body:
             part.held += s
             return
+        if role == "text" and self.segment == "text" and self.lead_role is None:
+            self._decide_lead("transcript")  # [ta] is followed by an answer: the lead was a transcript
         prefix = part.held if part.content else ""
         if part.sep and part.content and not prefix:
             prefix = " "
@@ -201,15 +221,21 @@ class _Segmenter:
             part.held = ""
             part.sep = part.sep or part.content
 
-    def _flush_pending(self) -> None:
-        pending, self.pending = self.pending, ""
-        self._route(pending)
+    def _drop_pending(self) -> None:
+        """Forget held-back text: it never completed a marker, and nothing can extend it now."""
+        self.pending, self.after_speaker = "", False
 
     def text(self, chunk: str) -> None:
         if self.done or not chunk:
             return
         self.pending += chunk
         while not self.done:
+            if self.after_speaker:  # "[SpeechGPT] :" -> drop the ":" (spaces before it wait)
+                rest = self.pending.lstrip()
+                if not rest:
+                    return
+                self.after_speaker = False
+                self.pending = rest[1:] if rest[0] == ":" else rest
             m = _MARKER.search(self.pending)
             if m is None:
                 k = _holdback(self.pending)
@@ -227,17 +253,24 @@ class _Segmenter:
         if word == "[tq]":
             return
         self._interrupt()
-        if word == "<eoa>" or self._single_part_over():
+        if word == SPEAKER_TAG:
+            self.after_speaker = True
+        elif word == "<eoa>" or self._single_part_over():
             self.pending = ""  # what follows the end is not part of the answer
             self.end(complete=True)
         elif word == "[ta]":
-            if self.segment == "lead":
-                self._decide_lead("transcript")
+            # the lead is a transcript only once [ta] is followed by an answer (see _route)
             self.segment = "text"
         else:  # [ua]
-            if self.segment == "lead":
-                self._decide_lead("text")
+            self._speech_begins()
             self.segment = "speech"
+
+    def _speech_begins(self) -> None:
+        """``[ua]`` or ``<sosp>``: text before it is the answer, or, after ``[ta]``, a transcript."""
+        if self.segment == "lead":
+            self._decide_lead("text")
+        elif self.segment == "text" and self.lead_role is None:
+            self._decide_lead("transcript")
 
     def _single_part_over(self) -> bool:
         """A single-part answer (ASR) has begun, so a tag or a unit span ends it."""
@@ -247,7 +280,7 @@ class _Segmenter:
     def _item(self) -> bool:
         if self.done:
             return False
-        self._flush_pending()
+        self._drop_pending()
         self._interrupt()
         return True
 
@@ -257,8 +290,7 @@ class _Segmenter:
         if self._single_part_over():
             self.end(complete=True)
             return
-        if self.segment == "lead":
-            self._decide_lead("text")
+        self._speech_begins()
         self.in_span = True
 
     def eosp(self) -> None:
@@ -273,7 +305,7 @@ class _Segmenter:
     def end(self, *, complete: bool) -> None:
         if self.done:
             return
-        self._flush_pending()
+        self._drop_pending()
         self._interrupt()
         self._decide_lead("text")
         self.done, self.complete, self.pending = True, complete, ""
@@ -354,12 +386,18 @@ class StreamParser:
         num_units: codebook size (1000).
         vocab_size: ids outside ``0..vocab_size-1`` are dropped.
         end_ids: ids that end the answer like ``<eoa>`` does (``</s>``, ``[Human]``).
-        ignore_ids: ids dropped without effect (``<s>``, ``[SpeechGPT]``, ``<eoh>``).
+        ignore_ids: ids dropped without effect (``<s>``, ``<eoh>``). One that decodes to
+            ``[SpeechGPT]`` is the speaker tag: it is dropped with the ``:`` after it, as
+            :func:`parse_response` drops the tag in text.
+        speaker_ids: ids of the ``[SpeechGPT]`` tag; default: those of ``ignore_ids`` that
+            decode to it.
         first_segment: what text before any tag is. ``"auto"`` (default, the original's
-            reading): a transcript if ``[ta]`` follows, else the text answer; it is held back
-            until that is known (``[ta]``, ``[ua]``, ``<sosp>`` or the end).
-            ``"transcript"`` (spoken questions) or ``"text"`` (text questions, ASR) stream it at
-            once as that kind.
+            reading): a transcript if ``[ta]`` follows with an answer after it, else the text
+            answer; it is held back until that is known (content after ``[ta]``, ``[ua]``,
+            ``<sosp>`` or the end). ``"transcript"`` (spoken questions) is read the same way:
+            a spoken question answered without tags (``rome<eoa>``) is answered ``rome``, so
+            its lead cannot be streamed as a transcript before ``[ta]`` proves it is one.
+            ``"text"`` (text questions, ASR) streams it at once as the text answer.
         single_part: the answer is one text part (an ASR transcription carries no tags): once
             it has begun, ``[ta]``, ``[ua]`` or ``<sosp>`` end it like ``<eoa>`` does, so a model
             that runs on into a chain-of-modality answer (``...; [ta] tokyo; [ua] <sosp>...``)
@@ -380,16 +418,20 @@ class StreamParser:
         vocab_size: int | None = None,
         end_ids: Collection[int] = (),
         ignore_ids: Collection[int] = (),
+        speaker_ids: Collection[int] | None = None,
         first_segment: FirstSegment = "auto",
         single_part: bool = False,
     ) -> None:
         self._decoder = _IncrementalDecoder(decode)
+        if speaker_ids is None:
+            speaker_ids = [i for i in ignore_ids if decode([i]).strip() == SPEAKER_TAG]
         self._offset = unit_token_offset
         self._num_units = num_units
         self._sosp, self._eosp = sosp_id, eosp_id
         self._vocab_size = vocab_size
         self._end = frozenset(end_ids)
-        self._ignore = frozenset(ignore_ids)
+        self._speaker = frozenset(speaker_ids)
+        self._ignore = frozenset(ignore_ids) - self._speaker
         self._seg = _Segmenter(first_segment, single_part)
         self._closed = False
 
@@ -406,7 +448,10 @@ class StreamParser:
         seg = self._seg
         if tid < 0 or (self._vocab_size is not None and tid >= self._vocab_size) or tid in self._ignore:
             return []
-        if 0 <= tid - self._offset < self._num_units:
+        if tid in self._speaker:
+            self._flush_text()
+            seg.text(SPEAKER_TAG)
+        elif 0 <= tid - self._offset < self._num_units:
             self._flush_text()
             seg.unit(tid - self._offset)
         elif tid == self._sosp:
@@ -446,34 +491,40 @@ class StreamParser:
 
 # --- whole-text parsing ------------------------------------------------------------------------------
 
-_ANSWER_START = re.compile(r"\[SpeechGPT\]\s*:?")
-_ITEMS = re.compile(r"<sosp>|<eosp>|<(\d+)>|\[Human\]|</s>|\[SpeechGPT\]|<eoh>|<eos>|<s>")
+# SpeechGPT's added tokens (units, <sosp>, <eosp>, [Human], <eoh>, <eos>) strip the spaces
+# before them when text is tokenized, so the spaces before one are its own here too: text held
+# back before an item then parses as it does in a stream of the same text's token ids.
+_ITEMS = re.compile(r"\s*(?:<sosp>|<eosp>|<(\d+)>|\[Human\]|<eoh>|<eos>)|</s>|<s>")
 
 
 def parse_response(text: str) -> ParsedAnswer:
     """Parse a decoded answer, with or without the prompt before it.
 
-    The counterpart of the original ``postprocess``: the answer starts after the first
-    ``[SpeechGPT]`` (and its ``:``) before the first ``<eoa>``, else at the start of ``text``
-    (so a generated answer followed by a made-up next turn parses right); it ends at
-    ``<eoa>``. Units are read from their spelled-out tokens ``<n>`` (``0..999``). For a
-    multi-turn prompt, pass the generated text only.
+    The counterpart of the original ``postprocess``: when ``text`` holds the prompt, the
+    answer starts at its ``[SpeechGPT]`` (the first after the last ``<eoh>`` before the first
+    ``<eoa>``), else at the start of ``text`` (so a generated answer followed by a made-up
+    next turn parses right); it ends at ``<eoa>``. The tag and its ``:`` are dropped there
+    and wherever else they appear, the rule the stream parser follows for a re-emitted tag,
+    so a generated text parses as its token ids stream. Units are read from their spelled-out
+    tokens ``<n>`` (``0..999``). For a multi-turn prompt, pass the generated text only.
     """
     eoa = text.find("<eoa>")
-    m = _ANSWER_START.search(text, 0, eoa if eoa >= 0 else len(text))
-    body = text[m.end():] if m else text
+    end = eoa if eoa >= 0 else len(text)
+    eoh = text.rfind("<eoh>", 0, end)
+    start = text.find(SPEAKER_TAG, eoh, end) if eoh >= 0 else -1
+    body = text[start:] if start >= 0 else text
     seg = _Segmenter("auto")
     pos = 0
     for item in _ITEMS.finditer(body):
         seg.text(body[pos:item.start()])
         pos = item.end()
-        token = item.group(0)
+        token = item.group(0).lstrip()
         if item.group(1) is not None:
             digits = item.group(1)
             if digits == str(int(digits)) and int(digits) < NUM_UNITS:
                 seg.unit(int(digits))
             else:
-                seg.text(token)  # "<1234>", "<007>": not unit tokens
+                seg.text(item.group(0))  # "<1234>", "<007>": not unit tokens
         elif token == "<sosp>":
             seg.sosp()
         elif token == "<eosp>":

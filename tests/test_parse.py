@@ -24,7 +24,14 @@ from speechgpt_agent.testing.llm import make_tiny_speechgpt
 @pytest.fixture(scope="module")
 def tok_vocab(tmp_path_factory):
     folder = make_tiny_speechgpt(tmp_path_factory.mktemp("tiny-llm"), hidden_size=16, layers=1)
-    return load_speech_tokenizer(folder)
+    return _TokVocab(load_speech_tokenizer(folder))
+
+
+class _TokVocab(tuple):
+    """(tokenizer, vocab) with a short repr, so that hypothesis' failure reports stay legible."""
+
+    def __repr__(self):
+        return "tok_vocab"
 
 
 def make_parser(tok_vocab, first_segment="auto", single_part=False):
@@ -97,7 +104,17 @@ def test_readme_sample():
     ("say a<1234>b<eoa>", ("", "say a<1234>b", (), True)),
     ("a<eoa> [Human]: more [SpeechGPT]: b<eoa>", ("", "a", (), True)),
     ("a </s> b", ("", "a", (), False)),
-    ("q; [u", ("", "q; [u", (), False)),
+    ("q; [u", ("", "q", (), False)),  # a truncated marker is dropped
+    ("twelve<eo", ("", "twelve", (), False)),
+    ("twelve;", ("", "twelve", (), False)),
+    ("q; [ta] a; [ua", ("q", "a", (), False)),
+    ("q; [ta] a; <sosp><5><eosp><eoa>", ("q", "a", (5,), True)),  # ";" before units: no content
+    ("x; [ta]<eoa>", ("", "x", (), True)),  # [ta] with no answer after it: x is the answer
+    ("x; [ta]; [ua] <sosp><5><eosp><eoa>", ("x", "", (5,), True)),
+    ("[SpeechGPT] : rome<eoa>", ("", "rome", (), True)),  # the speaker tag re-emitted
+    ("[SpeechGPT]:[SpeechGPT] :q; [ta] a<eoa>", ("q", "a", (), True)),
+    ("a [SpeechGPT]: b<eoa>", ("", "a b", (), True)),
+    ("[Human]: <sosp><1><eosp><eoh>. [SpeechGPT]: [SpeechGPT] : rome<eoa>", ("", "rome", (), True)),
     ("", ("", "", (), False)),
 ])
 def test_parse_response_cases(text, expected):
@@ -154,16 +171,65 @@ def test_stream_of_a_chain_of_modality_answer(tok_vocab):
     assert parser.feed(5) == [] and parser.close() == []
 
 
-@pytest.mark.parametrize("mode, kind", [("transcript", TranscriptDelta), ("text", TextDelta)])
-def test_explicit_first_segment_streams_at_once(tok_vocab, mode, kind):
+def test_text_first_segment_streams_at_once(tok_vocab):
     tok, _ = tok_vocab
     ids = tok.encode("hello there friend", add_special_tokens=False)
-    parser = make_parser(tok_vocab, mode)
+    parser = make_parser(tok_vocab, "text")
     early = [e for t in ids for e in parser.feed(t)]
-    assert early and all(isinstance(e, kind) for e in early)
+    assert early and all(isinstance(e, TextDelta) for e in early)
     done = check_consistent(early + parser.close("length"))
     assert done.finish_reason == "length" and not done.complete
-    assert (done.transcript if mode == "transcript" else done.text) == "hello there friend"
+    assert done.text == "hello there friend"
+
+
+@pytest.mark.parametrize("mode", ["transcript", "auto"])
+@pytest.mark.parametrize("answer, expected", [
+    ("rome<eoa>", ("", "rome", ())),  # plain text
+    ("the capital is rome", ("", "the capital is rome", ())),  # plain text, cut short
+    ("rome; [ta]<eoa>", ("", "rome", ())),  # [ta] only, nothing after it
+    ("[ta] rome<eoa>", ("", "rome", ())),  # [ta] only, before the answer
+    ("rome; [ua] <sosp><5><eosp><eoa>", ("", "rome", (5,))),  # no [ta]: no transcript
+    ("capital of italy; [ta] rome<eoa>", ("capital of italy", "rome", ())),
+])
+def test_untagged_answer_to_a_spoken_question_is_the_text_answer(tok_vocab, mode, answer, expected):
+    """What the original prints as the response when it finds no `[ta] ...; [ua]` is the answer."""
+    tok, _ = tok_vocab
+    ids = tok.encode(answer, add_special_tokens=False)
+    events = stream(tok_vocab, ids, mode)
+    done = check_consistent(events)
+    assert (done.transcript, done.text, done.units) == expected
+    assert not expected[0] or not any(isinstance(e, TranscriptDelta) and e.text != expected[0]
+                                      for e in events)
+    whole = parse_response(answer)
+    assert (whole.transcript, whole.text, whole.units) == expected
+
+
+def test_transcript_leaves_as_soon_as_the_answer_after_ta_begins(tok_vocab):
+    tok, _ = tok_vocab
+    ids = tok.encode("what is two plus two; [ta] four<eoa>", add_special_tokens=False)
+    parser = make_parser(tok_vocab, "transcript")
+    seen = []
+    for t in ids:
+        events = parser.feed(t)
+        if any(isinstance(e, TranscriptDelta) for e in events):
+            # the transcript and the first text of the answer leave together
+            assert events == [TranscriptDelta("what is two plus two"), TextDelta("f")]
+        seen += events
+    assert check_consistent(seen + parser.close()).text == "four"
+
+
+def test_reemitted_speaker_tag_is_dropped_with_its_colon(tok_vocab):
+    tok, v = tok_vocab
+    speaker = v.control_ids["[SpeechGPT]"]
+    for answer in ("[SpeechGPT] : rome<eoa>", "[SpeechGPT]: rome<eoa>", "[SpeechGPT]rome<eoa>"):
+        ids = tok.encode(answer, add_special_tokens=False)
+        assert ids[0] == speaker  # one control token, as the model generates it
+        done = check_consistent(stream(tok_vocab, ids, "transcript"))
+        assert (done.transcript, done.text) == ("", "rome") == (parse_response(answer).transcript,
+                                                                parse_response(answer).text)
+    # a colon that follows no tag is content in both parsers
+    ids = tok.encode(": rome<eoa>", add_special_tokens=False)
+    assert check_consistent(stream(tok_vocab, ids)).text == ": rome" == parse_response(": rome<eoa>").text
 
 
 @pytest.mark.parametrize("rest", ["; [ta] tokyo; [ua] <sosp><497><63><eosp><eoa>.", " [ua] <sosp><497><eosp><eoa>",
@@ -224,11 +290,20 @@ def test_end_tokens_and_truncation(tok_vocab):
     assert done.text == "answer" and done.finish_reason == "length"
 
 
+_MARKER_WORDS = ("[ta]", "[ua]", "[tq]", "<eoa>", "[SpeechGPT]")
+_MARKER_PREFIXES = sorted({w[:n] for w in _MARKER_WORDS for n in range(1, len(w))})
+
+
+def _leaks_protocol(part):
+    """A part that ends in a separator or in the beginning of a marker."""
+    return part.endswith(";") or any(part.endswith(p) for p in _MARKER_PREFIXES)
+
+
 def _segments():
-    text = st.text(alphabet="abcxyz .,?!;<>[]0123456789é€", max_size=12)
+    text = st.text(alphabet="abcxyz .,?!;:<>[]0123456789é€", max_size=12)
     marker = st.tuples(st.sampled_from(["", ";", " ", "; ", " ; "]),
-                       st.sampled_from(["[ta]", "[ua]", "[tq]", "<eoa>"]),
-                       st.sampled_from(["", " ", "  "])).map("".join)
+                       st.sampled_from([*_MARKER_WORDS, "[SpeechGPT] :", *_MARKER_PREFIXES]),
+                       st.sampled_from(["", " ", "  ", ":", " : "])).map("".join)
     units = st.lists(st.integers(0, 999), max_size=5).map(lambda us: "".join(f"<{u}>" for u in us))
     span = units.map(lambda s: f"<sosp>{s}<eosp>")
     return st.lists(st.one_of(text, marker, units, span, st.just("<sosp>"), st.just("<eosp>")),
@@ -239,18 +314,58 @@ def _squash(s):
     return " ".join(s.split())
 
 
-@settings(max_examples=200, deadline=None)
-@given(_segments())
-def test_stream_equals_whole_text_parsing(tok_vocab, answer):
-    """Token-by-token parsing of the ids gives parse_response's answer (up to spacing)."""
+@settings(max_examples=250, deadline=None)
+@given(_segments(), st.sampled_from(["auto", "transcript"]),
+       st.sampled_from(["stop", "length", "cancelled"]))
+def test_stream_equals_whole_text_parsing(tok_vocab, answer, mode, finish):
+    """Token-by-token parsing of the ids gives parse_response's answer (up to spacing).
+
+    Covers truncated markers at the end, a re-emitted ``[SpeechGPT] :`` anywhere and untagged
+    answers; a spoken question's parser ("transcript") reads the answer as "auto" does.
+    """
     tok, _ = tok_vocab
     ids = tok.encode(answer, add_special_tokens=False)
-    done = check_consistent(stream(tok_vocab, ids))
+    done = check_consistent(stream(tok_vocab, ids, mode, finish))
     for whole in (parse_response(answer), parse_response(tok.decode(ids))):
         assert done.units == whole.units
         assert done.complete == whole.complete
         assert _squash(done.transcript) == _squash(whole.transcript)
         assert _squash(done.text) == _squash(whole.text)
+
+
+_PLAIN = st.text(alphabet="abcdefgh .,?!'", min_size=1, max_size=20).filter(str.strip)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_PLAIN, _PLAIN, _UNITS, st.sampled_from(["cot", "text", "speaker", "untagged"]), st.data())
+def test_truncated_answers_never_leak_protocol(tok_vocab, transcript, text, units, shape, data):
+    """An answer cut after any token (max_new_tokens, a cancel) is a prefix of its parts.
+
+    Nothing of a marker (``[``, ``[t``, ``twelve<``, ``twelve;``, ``...; [t``) is content;
+    streaming and whole-text parsing of the cut answer agree.
+    """
+    tok, _ = tok_vocab
+    unit_str = "".join(f"<{u}>" for u in units)
+    answer = {"cot": f"{transcript}; [ta] {text}; [ua] <sosp>{unit_str}<eosp><eoa>",
+              "text": f"[ta] {text}<eoa>",
+              "speaker": f"[SpeechGPT] : {transcript}; [ta] {text}<eoa>",
+              "untagged": f"{text}<eoa>"}[shape]
+    ids = tok.encode(answer, add_special_tokens=False)
+    cut = ids[:data.draw(st.integers(0, len(ids)), label="tokens")]
+    mode = data.draw(st.sampled_from(["auto", "transcript"]), label="mode")
+    finish = data.draw(st.sampled_from(["length", "cancelled"]), label="finish")
+    done = check_consistent(stream(tok_vocab, cut, mode, finish))
+    assert done.finish_reason == finish
+    assert not _leaks_protocol(done.transcript) and not _leaks_protocol(done.text)
+    true_transcript, true_text = _squash(transcript), _squash(text)
+    got_transcript, got_text = _squash(done.transcript), _squash(done.text)
+    assert true_transcript.startswith(got_transcript) if shape in ("cot", "speaker") else not got_transcript
+    # before the answer after [ta] begins, what there is of the transcript is the text answer
+    assert true_text.startswith(got_text) or (not got_transcript and true_transcript.startswith(got_text))
+    assert done.units == tuple(units[:len(done.units)])
+    whole = parse_response(tok.decode(cut))
+    assert (_squash(whole.transcript), _squash(whole.text), whole.units) == (
+        got_transcript, got_text, done.units)
 
 
 @settings(max_examples=300, deadline=None)
