@@ -91,3 +91,49 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert resumed.keys() == straight.keys()
     for key in resumed:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-4, atol=1e-5)
+
+
+# Killed at the end of training, after the last checkpoint and before the export (kill_at 0).
+END_SCRIPT = SCRIPT.replace("train(load_config", textwrap.dedent("""
+    class KillAtEnd(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            os._exit(4)
+
+    extra = [KillAtEnd()] if kill_at == 0 else []
+    train(load_config""")).replace("callbacks=[Recorder()]", "callbacks=[Recorder(), *extra]")
+
+
+def test_run_killed_during_the_final_export_resumes_without_training_past_max_steps(tmp_path):
+    model = make_tiny_speechgpt(tmp_path / "cm", dtype=torch.float32)
+    samples = [chain_of_modality_example("t2t", question=f"Question {i}?", answer=f"Answer {i}.")
+               for i in range(8)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    out = tmp_path / "run"
+    # 2 optimizer steps per epoch (4 batches, 2 accumulated): step 3 ends inside epoch 2, where
+    # a resumed Trainer skips the trained batches and would take one more step
+    settings = {**_settings(model, data, out), "max_steps": 3, "gradient_accumulation_steps": 2}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(kill_at, steps_file):
+        return subprocess.run([sys.executable, "-c", END_SCRIPT, json.dumps(settings), str(kill_at),
+                               str(steps_file)], check=False, capture_output=True, text=True,
+                              timeout=300, env=env)
+
+    first = run(0, tmp_path / "steps1.txt")
+    assert first.returncode == 4, first.stderr[-2000:]
+    assert (tmp_path / "steps1.txt").read_text().split() == ["1", "2", "3"]
+    assert not (out / "adapter").exists()
+    with_checkpoint = load_file(out / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors")
+
+    second = run(-1, tmp_path / "steps2.txt")
+    assert second.returncode == 0, second.stderr[-2000:]
+    steps2 = tmp_path / "steps2.txt"
+    assert not steps2.exists() or steps2.read_text().split() == []  # no step past max_steps
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["global_step"] == 3 and results["kind"] == "adapter"
+    exported = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert exported.keys() == with_checkpoint.keys()
+    for key in exported:  # the weights of the last step, exported as they were
+        torch.testing.assert_close(exported[key], with_checkpoint[key], rtol=0, atol=0)

@@ -14,7 +14,8 @@ with a few additions:
 * checkpoints every ``save_steps`` in ``{output_dir}/checkpoints``, each written into a
   staging folder and renamed into place when complete, so a kill never leaves a partial
   ``checkpoint-N``; a rerun resumes from the last one (optimizer, scheduler, RNG, data
-  position);
+  position); a rerun whose last checkpoint is the final step (killed while exporting) only
+  exports it;
 * batches padded on the right (the original padded on the left, which shifted the positions
   of a shorter sample's tokens away from those it has at inference);
 * evaluation loss every ``eval_steps``, with a greedy generation sample logged and appended
@@ -307,6 +308,22 @@ def _start_model(cfg: TrainConfig, out: Path) -> Path:
     return expanded
 
 
+def _finished_state(checkpoint: str, max_steps: int) -> Any:
+    """The ``TrainerState`` of ``checkpoint`` if it already reached the run's last step, else ``None``.
+
+    ``max_steps`` is the configured one; ``<= 0`` (a run by epochs) uses the total the
+    Trainer computed and stored in the checkpoint.
+    """
+    from transformers import TrainerState
+
+    file = Path(checkpoint) / "trainer_state.json"
+    if not file.is_file():
+        return None
+    state = TrainerState.load_from_json(str(file))
+    target = max_steps if max_steps > 0 else state.max_steps
+    return state if target > 0 and state.global_step >= target else None
+
+
 def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = True) -> TrainOutcome:
     """Run (or resume) the training ``cfg`` describes; see the module documentation.
 
@@ -396,10 +413,21 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), progress: bool = T
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
         report.write(out / "skipped.jsonl")
-    if last is not None:
-        logger.info("resuming from %s", last)
-    result = trainer.train(resume_from_checkpoint=last)
-    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    finished = _finished_state(last, cfg.max_steps) if last is not None else None
+    if finished is not None:
+        # the run ended (a kill during the export): the Trainer would fast-forward into the
+        # epoch and take one more step before it checks max_steps, so it is not asked to
+        logger.info("%s already reached step %d of %d: exporting it without more training",
+                    last, finished.global_step, finished.max_steps)
+        trainer._load_from_checkpoint(last)
+        trainer.state = finished
+        losses = [h["loss"] for h in finished.log_history if isinstance(h.get("loss"), (int, float))]
+        metrics = {"train_loss": float(losses[-1])} if losses else {}
+    else:
+        if last is not None:
+            logger.info("resuming from %s", last)
+        result = trainer.train(resume_from_checkpoint=last)
+        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if eval_set:
         final = [h for h in trainer.state.log_history
                  if "eval_loss" in h and h.get("step") == trainer.state.global_step]
