@@ -443,6 +443,7 @@ class SpeechGPT:
         seed: int | None = None,
         logits_processors: Sequence[Any] = (),
         audio_chunk_units: int | None = None,
+        grammar: Any = None,
     ) -> Iterator[StreamEvent]:
         """Run one turn, yielding events as the model generates.
 
@@ -461,7 +462,11 @@ class SpeechGPT:
             system: replaces the original meta instruction.
             options: sampling settings (default: the original CLI's).
             seed: makes sampling reproducible.
-            logits_processors: transformers ``LogitsProcessor``s to constrain decoding.
+            logits_processors: transformers ``LogitsProcessor``s to constrain decoding
+                (embedded engine only).
+            grammar: a :class:`~speechgpt_agent.grammar.Grammar` the answer must follow; each
+                engine applies it its own way (a logits processor in transformers, structured
+                outputs in vLLM), with the same grammar.
             audio_chunk_units: units handed to the streaming vocoder at a time after the
                 first chunk (default 16 = about 0.5 s of speech). The first chunk goes as
                 soon as the vocoder's look-ahead is covered; smaller values lower the
@@ -483,7 +488,7 @@ class SpeechGPT:
         turn = self._prepare(text, audio, sample_rate, task, history, system, opts)
         input_ids = self.model.encode_prompt(turn.prompt)
         tokens = self.engine.generate(input_ids, opts, seed=seed, stop_strings=(EOA,),
-                                      logits_processors=logits_processors)
+                                      logits_processors=logits_processors, grammar=grammar)
         return self._run(turn, tokens, output, DEFAULT_AUDIO_CHUNK_UNITS if audio_chunk_units is None
                          else audio_chunk_units)
 
