@@ -51,9 +51,13 @@ def audio_forms(clip) -> dict[str, dict]:
     }
 
 
+LOCAL_FORMS = ("v1 file url", "v1 path")
+
+
 def test_every_audio_form_gives_the_same_speech(clip):
     for name, block in audio_forms(clip).items():
-        turn = to_turn_input([HumanMessage([{"type": "text", "text": "What is said?"}, block])])
+        turn = to_turn_input([HumanMessage([{"type": "text", "text": "What is said?"}, block])],
+                             allow_local_files=name in LOCAL_FORMS)
         assert turn.text == "What is said?", name
         np.testing.assert_array_equal(turn.audio, clip["samples"], err_msg=name)
 
@@ -73,6 +77,11 @@ def test_http_url_is_downloaded(clip, tmp_path):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         np.testing.assert_array_equal(load_audio_reference(f"{url}/q.wav"), clip["samples"])
+        message = HumanMessage([{"type": "audio", "url": f"{url}/q.wav"}])
+        with pytest.raises(AudioError, match="remote audio is off.*allow_remote_audio=True"):
+            to_turn_input([message])  # off by default: a URL from a user is not followed
+        np.testing.assert_array_equal(to_turn_input([message], allow_remote_audio=True).audio,
+                                      clip["samples"])
         with pytest.raises(AudioError, match="cannot download"):
             load_audio_reference(f"{url}/missing.wav")
     finally:
@@ -180,3 +189,70 @@ def test_audio_blocks_round_trip_and_join():
     assert joined.size == a.size + b.size
     assert message_audio(AIMessage("no audio")) is None
     json.dumps(total.content)  # plain JSON: serializable in any checkpointer
+
+
+def test_local_files_are_read_only_when_allowed(clip):
+    for name in LOCAL_FORMS:
+        message = HumanMessage([audio_forms(clip)[name]])
+        with pytest.raises(AudioError, match="local files are off.*allow_local_files=True"):
+            to_turn_input([message])
+        np.testing.assert_array_equal(to_turn_input([message], allow_local_files=True).audio,
+                                      clip["samples"])
+    with pytest.raises(AudioError, match="local files are off"):
+        load_audio_reference(str(clip["path"]), allow_local=False)
+
+
+@pytest.mark.parametrize("field", ["base64", "data"])
+def test_a_base64_field_is_never_opened_as_a_path(clip, field):
+    block = {"type": "audio", field: str(clip["path"]), "mime_type": "audio/wav"}
+    if field == "data":
+        block["source_type"] = "base64"
+    for allow in (False, True):  # not even when local files are allowed
+        with pytest.raises(AudioError, match="not valid base64") as info:
+            to_turn_input([HumanMessage([block])], allow_local_files=allow)
+        assert "not found" not in str(info.value)
+
+
+@pytest.mark.parametrize(("payload", "kind"), [
+    (b"%PDF-1.4 a document", "a PDF"), (b"\x89PNG\r\n\x1a\n....", "a PNG image"),
+    (b"hello, this is plain text", "text"), (bytes(range(200, 240)), "not a known audio format"),
+])
+def test_base64_of_something_else_says_it_is_not_audio(payload, kind):
+    b64 = base64.b64encode(payload).decode()
+    for block in ({"type": "audio", "base64": b64, "mime_type": "audio/wav"},
+                  {"type": "input_audio", "input_audio": {"data": b64, "format": "wav"}}):
+        with pytest.raises(AudioError, match=f"not audio \\({kind}") as info:
+            to_turn_input([HumanMessage([block])])
+        assert "not found" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["hello_16k_mono.wav", "numbers_44k_mono.ogg", "question_22k_stereo.flac"])
+def test_a_file_block_that_langchain_labelled_pdf_is_audio_by_its_bytes(clips, name):
+    """langchain-core turns OpenAI's {"type": "file", "file": {"file_data": "data:audio/..."}}
+    into {"type": "file", "base64": ..., "mime_type": "application/pdf"}."""
+    from langchain_core.language_models._utils import _normalize_messages
+
+    data = clips[name]["path"].read_bytes()
+    b64 = base64.b64encode(data).decode()
+    openai = HumanMessage([{"type": "file", "file": {"file_data": f"data:audio/wav;base64,{b64}"}}])
+    normalized = _normalize_messages([openai])[0]
+    assert normalized.content[0]["mime_type"] == "application/pdf"  # what the model is given
+    expected = load_audio(data)
+    for message in (openai, normalized):
+        np.testing.assert_array_equal(to_turn_input([message]).audio, expected)
+    pdf = {"type": "file", "base64": base64.b64encode(b"%PDF-1.4 x").decode(), "mime_type": "application/pdf"}
+    with pytest.raises(ValueError, match="application/pdf"):
+        to_turn_input([HumanMessage([pdf])])
+
+
+def test_a_tool_message_without_name_takes_the_name_of_its_call():
+    turn = to_turn_input([
+        HumanMessage("weather and time?"),
+        AIMessage("", tool_calls=[{"name": "get_weather", "args": {}, "id": "c1"},
+                                  {"name": "get_time", "args": {}, "id": "c2"}]),
+        ToolMessage("Sunny.", tool_call_id="c1"),
+        ToolMessage("noon", tool_call_id="c2", status="error"),
+        ToolMessage("?", tool_call_id="unknown"),
+    ])
+    assert turn.text == ('Tool "get_weather" returned: Sunny.\nTool "get_time" failed: noon\n'
+                         'Tool "tool" returned: ?')
