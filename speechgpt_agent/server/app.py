@@ -97,6 +97,23 @@ def _check_model(requested: str, config: ServerConfig) -> None:
                        code="model_not_found")
 
 
+class TurnCounter:
+    """How many turns are generating now (``/health``'s ``active_turns``)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+
+    async def track(self, events: Any) -> AsyncIterator[Any]:
+        """``events`` (an ``astream``), counted while it runs; closing this closes it."""
+        self.active += 1
+        try:
+            async for event in events:
+                yield event
+        finally:
+            self.active -= 1
+            await events.aclose()
+
+
 async def _until_disconnected(request: Request, poll_s: float = 0.2) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(poll_s)
@@ -115,6 +132,7 @@ def create_app(runtime: Any, config: ServerConfig | None = None, *, whisper: Any
     """
     config = config or ServerConfig()
     store = AudioStore(ttl_s=config.audio_ttl_s)
+    turns = TurnCounter()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -138,7 +156,7 @@ def create_app(runtime: Any, config: ServerConfig | None = None, *, whisper: Any
     async def health() -> dict[str, Any]:
         loaded = runtime.loaded_parts() if hasattr(runtime, "loaded_parts") else {}
         return {"status": "ok", "model": config.model_name, "engine": engine_name,
-                "asr": config.asr, "parts": loaded}
+                "asr": config.asr, "parts": loaded, "active_turns": turns.active}
 
     def model_card() -> dict[str, Any]:
         return {"id": config.model_name, "object": "model", "created": started, "owned_by": "speechgpt-agent"}
@@ -156,9 +174,9 @@ def create_app(runtime: Any, config: ServerConfig | None = None, *, whisper: Any
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
         _check_model(req.model, config)
         turn = await asyncio.to_thread(plan_turn, req, runtime, config, store)
-        kwargs, stopper = stream_kwargs(turn, runtime)
+        kwargs, stopper = await asyncio.to_thread(stream_kwargs, turn, runtime)  # compiles a grammar
         builder = AnswerBuilder(turn, stopper, store, req.model, streaming=req.stream)
-        events = runtime.astream(**kwargs)
+        events = turns.track(runtime.astream(**kwargs))
         if not req.stream:
             work = asyncio.ensure_future(consume(events, builder))
             watch = asyncio.ensure_future(_until_disconnected(request))
@@ -200,7 +218,7 @@ def create_app(runtime: Any, config: ServerConfig | None = None, *, whisper: Any
         raw = await file.read()
         body, media = await transcribe(runtime, config, raw, filename=file.filename or "",
                                        response_format=response_format, language=language,
-                                       temperature=temperature, whisper=whisper)
+                                       temperature=temperature, whisper=whisper, track=turns.track)
         if media == "text/plain":
             return PlainTextResponse(body)
         return JSONResponse(body)
@@ -208,7 +226,7 @@ def create_app(runtime: Any, config: ServerConfig | None = None, *, whisper: Any
     @v1.post("/audio/speech")
     async def speech(req: SpeechRequest) -> Response:
         check_speech(req, runtime, config)
-        body, media = await speech_stream(runtime, req)
+        body, media = await speech_stream(runtime, req, track=turns.track)
         return StreamingResponse(body, media_type=media)
 
     app.include_router(v1)

@@ -48,7 +48,7 @@ def _greedy(runtime: Any, temperature: float | None, max_new: int | None = None)
 
 async def transcribe(runtime: Any, config: ServerConfig, raw: bytes, *, filename: str,
                      response_format: str, language: str | None, temperature: float | None,
-                     whisper: Any = None) -> tuple[Any, str]:
+                     whisper: Any = None, track: Any = None) -> tuple[Any, str]:
     """Transcribe an uploaded clip; returns ``(body, media type)``.
 
     Raises:
@@ -74,6 +74,7 @@ async def transcribe(runtime: Any, config: ServerConfig, raw: bytes, *, filename
         response: Response | None = None
         events = runtime.astream(audio=samples, sample_rate=SAMPLE_RATE, task="asr", output="text",
                                  options=_greedy(runtime, temperature))
+        events = track(events) if track is not None else events
         try:
             async for event in events:
                 if isinstance(event, Completed):
@@ -106,13 +107,15 @@ def check_speech(req: SpeechRequest, runtime: Any, config: ServerConfig) -> None
         raise APIError(400, "this server's model has no vocoder, so it cannot speak.", param="model")
 
 
-async def speech_stream(runtime: Any, req: SpeechRequest) -> tuple[AsyncIterator[bytes], str]:
+async def speech_stream(runtime: Any, req: SpeechRequest, *, track: Any = None) -> tuple[AsyncIterator[bytes], str]:
     """Start the TTS turn of ``req``; returns its byte stream and media type.
 
-    The first audio is awaited before returning, so input errors are a 400, not a broken stream.
+    The first audio is awaited before returning, so input errors are a 400, not a broken
+    stream. ``track`` wraps the turn's events (the server counts active turns with it).
     """
     events = runtime.astream(req.input, task="tts", output="speech",
                              options=_greedy(runtime, None))
+    events = track(events) if track is not None else events
     fmt = req.response_format
     try:
         first = await events.__anext__()

@@ -108,7 +108,9 @@ def decode_audio_bytes(raw: bytes, fmt: str, *, max_seconds: float, param: str) 
             return load_audio(samples, PCM16_RATE, max_seconds=max_seconds)
         return load_audio(bytes(raw), max_seconds=max_seconds)
     except AudioError as exc:
-        raise APIError(400, f"{param}: {exc}", param=param, code="invalid_audio") from exc
+        hint = (f" This server takes clips of at most {max_seconds:g} s (serve --max-audio-seconds)."
+                if "max_seconds" in str(exc) else "")
+        raise APIError(400, f"{param}: {exc}{hint}", param=param, code="invalid_audio") from exc
 
 
 def decode_input_audio(data: str, fmt: str, *, max_seconds: float, param: str) -> np.ndarray:

@@ -43,6 +43,8 @@ The server never queues requests itself: every request runs its own
 from __future__ import annotations
 
 import asyncio
+import base64
+import inspect
 import json
 import threading
 import time
@@ -403,9 +405,46 @@ def _stop_holdback(text: str, stops: list[str]) -> int:
     return best
 
 
+def answer_grammar(turn: ChatTurn) -> Any:
+    """The :class:`~speechgpt_agent.grammar.Grammar` constraining ``turn``'s answer, or ``None``.
+
+    Tool calls (``tool_choice`` auto, required or a name) and JSON answers are constrained
+    with the builders of :mod:`speechgpt_agent.grammar`, so that they always parse.
+
+    Raises:
+        APIError: 400 for a tool or response schema the grammar cannot enforce.
+    """
+    from ..grammar import GrammarError, json_answer_grammar, tool_call_grammar
+
+    lead = "spoken" if turn.audio is not None else "text"
+    try:
+        if turn.tools_active:
+            return tool_call_grammar(turn.specs, turn.choice, lead=lead, speech=turn.speak,
+                                     parallel=not turn.single_call)
+        if turn.json_answer is not None:
+            return json_answer_grammar(turn.json_answer or None, lead=lead)
+    except GrammarError as exc:
+        raise APIError(400, str(exc), param="tools" if turn.tools_active else "response_format",
+                       code="unsupported_schema") from exc
+    return None
+
+
 def stream_kwargs(turn: ChatTurn, runtime: Any) -> tuple[dict[str, Any], StopAfterThis]:
-    """Arguments of :meth:`SpeechGPT.astream` for ``turn``, and its early-stop processor."""
+    """Arguments of :meth:`SpeechGPT.astream` for ``turn``, and its early-stop processor.
+
+    A grammar goes to the engine (``grammar=``) where ``SpeechGPT.stream`` takes one, else
+    as a logits processor of the embedded engine; the early stop comes after it.
+    """
     stopper = StopAfterThis(runtime.model.eos_id)
+    grammar = answer_grammar(turn)
+    extra: dict[str, Any] = {}
+    processors: list[Any] = []
+    if grammar is not None:
+        if "grammar" in inspect.signature(runtime.stream).parameters:
+            extra["grammar"] = grammar
+        else:
+            processors.append(grammar.logits_processor(runtime.model))
+    processors.append(stopper)
     return {
         "text": turn.text,
         "audio": turn.audio,
@@ -415,7 +454,8 @@ def stream_kwargs(turn: ChatTurn, runtime: Any) -> tuple[dict[str, Any], StopAft
         "output": "both" if turn.speak else "text",
         "options": turn.options,
         "seed": turn.seed,
-        "logits_processors": [stopper],
+        "logits_processors": processors,
+        **extra,
     }, stopper
 
 
@@ -459,6 +499,7 @@ class AnswerBuilder:
         self.response: Response | None = None
         self.encoder = PCM16Encoder() if turn.speak and streaming else None
         self.held_audio: list[bytes] = []
+        self._carry = b""
         self.audio_sent = False
         self.audio_pieces: list[np.ndarray] = []
 
@@ -522,9 +563,15 @@ class AnswerBuilder:
             return {"audio": audio}
         return {"content": text}
 
-    def _audio_delta(self, data: bytes) -> dict[str, Any]:
-        import base64
-
+    def _audio_delta(self, data: bytes, *, last: bool = False) -> dict[str, Any] | None:
+        """A ``delta.audio.data`` piece. Pieces hold a multiple of 6 bytes (whole samples,
+        whole base64 quanta) until the last, so that clients which join the base64 strings
+        (LangChain merges streamed dicts so) still get one valid base64 text."""
+        data = self._carry + data
+        cut = len(data) if last else len(data) - len(data) % 6
+        data, self._carry = data[:cut], data[cut:]
+        if not data:
+            return None
         audio: dict[str, Any] = {"data": base64.b64encode(data).decode("ascii")}
         if not self.audio_sent:
             audio["id"] = self.audio_id
@@ -549,7 +596,8 @@ class AnswerBuilder:
             if self._opener() >= 0 or self.held_audio:  # maybe a spoken tool call: decided at the end
                 self.held_audio.append(data)
                 return []
-            return [self._audio_delta(data)] if data else []
+            delta = self._audio_delta(data)
+            return [delta] if delta else []
         if isinstance(event, Completed):
             self.response = event.response
         elif isinstance(event, Units):
@@ -593,8 +641,9 @@ class AnswerBuilder:
             deltas.append(self._text_delta(rest))
         if not calls:
             tail = b"".join(self.held_audio) + (self.encoder.flush() if self.encoder is not None else b"")
-            if tail:
-                deltas.append(self._audio_delta(tail))
+            delta = self._audio_delta(tail, last=True)
+            if delta:
+                deltas.append(delta)
         if calls:
             deltas.append({"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]})
         expires = self._remember(parsed.content)
@@ -633,8 +682,6 @@ class AnswerBuilder:
         expires = self._remember(parsed.content)
         if self.turn.speak and not calls and samples is not None and r is not None:
             data = encode_audio(samples, r.sample_rate, self.turn.audio_format)
-            import base64
-
             message["content"] = None
             message["audio"] = {"id": self.audio_id, "data": base64.b64encode(data).decode("ascii"),
                                 "expires_at": expires, "transcript": parsed.content}
