@@ -207,6 +207,17 @@ MODEL_HELP = ("stage-2 LLM: hub id, local folder, or 'demo' for the small model 
               "(default: %(default)s)")
 
 
+def _engine_arg(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--engine-arg``; the value is JSON when it parses (``2``, ``true``), else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
 def _model_set_args(p: argparse.ArgumentParser, *, speech: bool = True) -> None:
     g = p.add_argument_group("model set (hub ids or local folders; --model demo needs none of them)")
     g.add_argument("--model", default="fnlp/SpeechGPT-7B-cm", help=MODEL_HELP)
@@ -215,6 +226,12 @@ def _model_set_args(p: argparse.ArgumentParser, *, speech: bool = True) -> None:
     g.add_argument("--quantization", choices=["nf4", "int8", "none"], default=None,
                    help="LLM weights (default: nf4; none for --model demo)")
     g.add_argument("--device", default=None, help="device of the speech tokenizer and vocoder")
+    g.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                   help="where generation runs: the embedded transformers engine, or vLLM (continuous "
+                        "batching, multi-GPU; pip install vllm) (default: %(default)s)")
+    g.add_argument("--engine-arg", action="append", default=[], type=_engine_arg, metavar="KEY=VALUE",
+                   help="an engine argument, repeatable, e.g. --engine-arg tensor_parallel_size=2 "
+                        "--engine-arg distributed_executor_backend=ray (values parsed as JSON when they can be)")
     if speech:
         g.add_argument("--hubert", default=DEFAULT_HUBERT, help="speech tokenizer (default: %(default)s)")
         g.add_argument("--kmeans", default=None, help="k-means file (default: the one beside --hubert)")
@@ -320,6 +337,8 @@ def _load_runtime(args: argparse.Namespace, *, speech_in: bool = True, speech_ou
             trust_pickle=args.trust_pickle,
             preload=preload,
             progress=not demo,
+            engine=getattr(args, "engine", "transformers"),
+            engine_args=dict(getattr(args, "engine_arg", [])),
         )
     except UnsafeCheckpointError as exc:
         raise UnsafeCheckpointError(f"{exc} (On the command line: --trust-pickle.)") from None

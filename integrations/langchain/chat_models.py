@@ -127,6 +127,15 @@ class _StopAfterThis:
         return forced
 
 
+def _hashable(value: Any) -> Any:
+    """``value`` made hashable (lists -> tuples, dicts -> sorted item tuples) for a runtime key."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
 def _stop_holdback(text: str, stops: Sequence[str]) -> int:
     """Length of the longest end of ``text`` that could still grow into a stop sequence."""
     best = 0
@@ -429,6 +438,11 @@ class SpeechGPTChat(BaseChatModel):
     """Device of the speech tokenizer and vocoder (default: the GPU if any)."""
     trust_pickle: bool = False
     """Allow the upstream pickled k-means file (prefer ``speechgpt-agent convert`` once)."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """Where generation runs: the embedded transformers engine, or vLLM (continuous batching,
+    tensor / pipeline parallelism; DESIGN.md section 10)."""
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    """Engine arguments, e.g. ``{"tensor_parallel_size": 2}`` for vLLM."""
 
     # -- what to produce --
     modalities: list[Modality] = Field(default_factory=lambda: ["text", "audio"])
@@ -523,7 +537,8 @@ class SpeechGPTChat(BaseChatModel):
             model=model or self.model, adapter=self.adapter, speech_tokenizer=self.speech_tokenizer,
             kmeans=self.kmeans, vocoder=self.vocoder, quantization=self.quantization,
             device_map=self.device_map, dtype=self.dtype, device=self.device,
-            trust_pickle=self.trust_pickle,
+            trust_pickle=self.trust_pickle, engine=self.engine,
+            engine_args=tuple(sorted((k, _hashable(v)) for k, v in self.engine_args.items())),
         )
 
     @property

