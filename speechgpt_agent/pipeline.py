@@ -576,29 +576,45 @@ class SpeechGPT:
     async def astream(
         self, text: str | None = None, audio: AudioSource | None = None, **kwargs: Any
     ) -> AsyncIterator[StreamEvent]:
-        """:meth:`stream` for asyncio: generation runs in a worker thread, events arrive here.
+        """:meth:`stream` for asyncio: the turn runs in a thread of its own, events arrive here.
 
-        Cancelling the consuming task cancels the generation at its next token.
+        Each call gets its own thread (not the loop's default executor, whose few workers
+        would make the 7th concurrent turn wait for the first to end). Cancelling the
+        consuming task, or closing this generator, cancels the generation at its next token.
+        Bad input raises here, as :meth:`stream` does.
         """
         loop = asyncio.get_running_loop()
-        events = await loop.run_in_executor(None, lambda: self.stream(text, audio, **kwargs))
         queue: asyncio.Queue[Any] = asyncio.Queue()
         sentinel = object()
         stop = threading.Event()
+        finished = loop.create_future()
 
-        def pump() -> None:
+        def deliver(item: Any) -> None:
             try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the consumer's loop is closed: nobody listens any more
+                stop.set()
+
+        def run() -> None:
+            events = None
+            try:
+                events = self.stream(text, audio, **kwargs)
                 for event in events:
                     if stop.is_set():
                         break
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
+                    deliver(event)
             except BaseException as exc:  # noqa: BLE001 - delivered to the consumer, which re-raises it
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                deliver(exc)
             finally:
-                events.close()
-                loop.call_soon_threadsafe(queue.put_nowait, sentinel)
+                if events is not None:
+                    events.close()
+                deliver(sentinel)
+                try:
+                    loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+                except RuntimeError:
+                    pass
 
-        worker = loop.run_in_executor(None, pump)
+        threading.Thread(target=run, name="speechgpt-turn", daemon=True).start()
         try:
             while True:
                 item = await queue.get()
@@ -609,7 +625,7 @@ class SpeechGPT:
                 yield item
         finally:
             stop.set()
-            await asyncio.shield(worker)
+            await asyncio.shield(finished)
 
     async def achat(self, text: str | None = None, audio: AudioSource | None = None, **kwargs: Any) -> Response:
         """:meth:`chat` for asyncio."""

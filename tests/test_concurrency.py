@@ -124,3 +124,4 @@ def test_langchain_streams_do_not_block_each_other(alone):
     # two streams zipped in one thread
     pairs = list(zip(chat.stream("what is four times two"), chat.stream("what colour is the sky")))
     assert pairs
+
