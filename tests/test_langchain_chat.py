@@ -8,6 +8,7 @@ only sees the generated tokens.
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 
 import numpy as np
@@ -72,8 +73,8 @@ def get_weather(location: str) -> str:
 
 
 def spoken_question(clips) -> HumanMessage:
-    path = clips["hello_16k_mono.wav"]["path"]
-    return HumanMessage([{"type": "audio", "url": path.resolve().as_uri(), "mime_type": "audio/wav"}])
+    data = base64.b64encode(clips["hello_16k_mono.wav"]["path"].read_bytes()).decode()
+    return HumanMessage([{"type": "audio", "base64": data, "mime_type": "audio/wav"}])
 
 
 # --- output and stream formats -------------------------------------------------------------

@@ -32,8 +32,16 @@ that adding chunks concatenates them into one text block), and each piece of spe
 as the streaming vocoder produced it, as its own block ``{"type": "audio", "base64": <wav of
 this piece>, "mime_type": "audio/wav", "index": k, "extras": {"offset": first sample,
 "sample_rate": 16000}}`` with ``k = 1, 2, ...`` (distinct indexes, so added chunks keep the
-pieces as consecutive blocks instead of merging their base64). The last chunk
-(``chunk_position="last"``) carries tool calls, usage and ``response_metadata``. With
+pieces as consecutive blocks instead of merging their base64). The transcript of the
+user's speech reaches the stream as soon as the parser knows it: chunks with empty content
+whose ``response_metadata["transcript"]`` holds the next piece of it (adding chunks
+concatenates them). The last chunk (``chunk_position="last"``) carries tool calls, usage
+and the rest of ``response_metadata`` (and the transcript's remainder, usually ``""``).
+Invalid tool calls stream as tool-call chunks whose args are the raw text (as in
+``invoke``) when langchain-core's partial-JSON repair cannot turn it into a call; a
+truncated call, which that repair would complete, goes as a JSON string. langchain-core
+rebuilds streamed invalid calls with ``error=None``, so the reason is also kept in
+``response_metadata["invalid_tool_call_errors"]`` (a list, in call order), in both paths. With
 ``modalities=["text"]`` chunks carry plain string deltas. ``stop`` sequences cut the text
 before the first of them and end generation there (so nothing after them is spoken).
 :func:`~speechgpt_agent.integrations.langchain.message_audio` joins the pieces of a summed
@@ -57,7 +65,7 @@ from typing import Any, Literal
 
 import torch
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import tool_call_chunk
@@ -70,15 +78,22 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from speechgpt_agent.audio import SAMPLE_RATE
 from speechgpt_agent.model import DEFAULT_ADAPTER, DEFAULT_MODEL, GenerationOptions
 from speechgpt_agent.parse import TextDelta, TranscriptDelta, Units
 from speechgpt_agent.pipeline import AudioChunk, Completed, Response, SpeechGPT
-from speechgpt_agent.prompt import META_INSTRUCTION
+from speechgpt_agent.prompt import META_INSTRUCTION, as_history
 
-from ._runtime import RuntimeSpec, load_runtime
+from ._runtime import (
+    RuntimeSpec,
+    context_length_hint,
+    fit_options,
+    load_runtime,
+    load_text_tokenizer,
+    prompt_tokens_bound,
+)
 from .messages import audio_block, to_turn_input
 from .tool_calling import (
     CALL_OPENERS,
@@ -104,6 +119,11 @@ _CALL_KWARGS = frozenset({
 })
 
 
+_ALIASES = {"model_name": "model", "max_new_tokens": "max_tokens",
+            "max_completion_tokens": "max_tokens", "stop_sequences": "stop"}
+"""Other names of constructor arguments (those of other LangChain chat models)."""
+
+
 class _StopAfterThis:
     """Logits processor that ends generation at the next step once :meth:`set` was called.
 
@@ -125,15 +145,6 @@ class _StopAfterThis:
         forced = torch.full_like(scores, float("-inf"))
         forced[..., self.eos_id] = 0.0
         return forced
-
-
-def _hashable(value: Any) -> Any:
-    """``value`` made hashable (lists -> tuples, dicts -> sorted item tuples) for a runtime key."""
-    if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_hashable(v) for v in value)
-    return value
 
 
 def _stop_holdback(text: str, stops: Sequence[str]) -> int:
@@ -161,7 +172,9 @@ class _Request:
         self.chat = chat
         self.model_name = str(kwargs.get("model") or chat.model)
         self.stops = [s for s in (stop if stop is not None else chat.stop or []) if s]
-        turn = to_turn_input(messages)
+        turn = to_turn_input(messages, allow_remote_audio=chat.allow_remote_audio,
+                             allow_local_files=chat.allow_local_files)
+        self.requested_max = kwargs.get("max_tokens", chat.max_tokens)
 
         tools = kwargs.get("tools") or []
         self.specs = tool_specs(tools) if tools else []
@@ -200,11 +213,35 @@ class _Request:
             "seed": kwargs.get("seed", chat.seed),
         }
 
+    def _fit_to_context(self, runtime: SpeechGPT) -> None:
+        """Clamp the answer's ``max_new_tokens`` to what the prompt leaves of the context window
+        (``max_tokens=None``: all of it), so the prompt budget is what the answer leaves."""
+        lm, kw = runtime.model, self.stream_kwargs
+        bound = prompt_tokens_bound(lm.count_tokens, text=kw["text"], audio=kw["audio"],
+                                    history=kw["history"], system=kw["system"])
+        self.options = fit_options(self.options, lm.context_length, bound, self.requested_max)
+        self.stream_kwargs = {**kw, "options": self.options}
+
     def start(self, runtime: SpeechGPT, *, streaming: bool) -> tuple[dict[str, Any], _Answer]:
         """``SpeechGPT.stream`` arguments of this call (fresh logits processors) and its answer."""
+        self._fit_to_context(runtime)
         answer = _Answer(self, _StopAfterThis(runtime.model.eos_id), streaming=streaming)
         processors = [factory() for factory in self.chat.logits_processors] + [answer.stopper]
         return {**self.stream_kwargs, "logits_processors": processors}, answer
+
+
+def _args_survive_merging(args: Any) -> bool:
+    """Whether raw invalid-call args stay what they are when streamed chunks are added:
+    langchain-core re-parses merged args with its partial-JSON repair, and args it repairs
+    into an object would become a (wrong) valid call."""
+    from langchain_core.utils.json import parse_partial_json
+
+    if not isinstance(args, str) or not args:
+        return False
+    try:
+        return not isinstance(parse_partial_json(args), dict)
+    except Exception:  # noqa: BLE001 - unparseable: it stays an invalid call, args unchanged
+        return True
 
 
 def _response_schema(response_format: Any) -> dict[str, Any] | None:
@@ -243,6 +280,7 @@ class _Answer:
         self.emitted = ""  # the part of it already streamed
         self.stopped = False
         self.transcript = ""
+        self.sent_transcript = ""  # the part of it already streamed in chunk metadata
         self.units: list[int] = []
         self.audio_blocks: list[dict[str, Any]] = []
         self.held_audio: list[dict[str, Any]] = []
@@ -313,6 +351,11 @@ class _Answer:
             return [ChatGenerationChunk(message=self._text_chunk(text))] if text else []
         if isinstance(event, TranscriptDelta):
             self.transcript += event.text
+            if self.streaming and event.text:
+                self.sent_transcript += event.text
+                empty: list[Any] | str = "" if self.request.text_only else []
+                return [ChatGenerationChunk(message=AIMessageChunk(
+                    content=empty, response_metadata={"transcript": event.text}))]
         elif isinstance(event, Units):
             self.units.extend(event.ids)
         elif isinstance(event, AudioChunk) and self.streaming:
@@ -340,11 +383,18 @@ class _Answer:
             content.extend(self.held_audio)
         chunks = [tool_call_chunk(name=name, args=args, id=call_id, index=i)
                   for i, (name, args, call_id) in enumerate(parsed.stream_args())]
+        n_valid = len(parsed.tool_calls)
+        for i, call in enumerate(parsed.invalid_tool_calls):
+            if _args_survive_merging(call["args"]):
+                chunks[n_valid + i]["args"] = call["args"]  # as invoke has them
+        metadata = self._metadata(parsed)
+        full = metadata["transcript"]
+        metadata["transcript"] = full[len(self.sent_transcript):] if full.startswith(self.sent_transcript) else ""
         return ChatGenerationChunk(message=AIMessageChunk(
             content=content,
             tool_call_chunks=chunks,
             usage_metadata=self._usage(),
-            response_metadata=self._metadata(),
+            response_metadata=metadata,
             chunk_position="last",
         ))
 
@@ -365,7 +415,7 @@ class _Answer:
             tool_calls=parsed.tool_calls,
             invalid_tool_calls=parsed.invalid_tool_calls,
             usage_metadata=self._usage(),
-            response_metadata=self._metadata(),
+            response_metadata=self._metadata(parsed),
         )
 
     def _usage(self) -> UsageMetadata:
@@ -379,12 +429,15 @@ class _Answer:
             output_token_details={"audio": len(r.units) if r else 0},
         )
 
-    def _metadata(self) -> dict[str, Any]:
+    def _metadata(self, parsed: ParsedAnswer | None = None) -> dict[str, Any]:
         r = self.response
         reason = r.finish_reason if r else "cancelled"
         if self.stopped:
             reason = "stop"
-        return {
+        extra: dict[str, Any] = {}
+        if parsed is not None and parsed.invalid_tool_calls:
+            extra["invalid_tool_call_errors"] = [c.get("error") or "" for c in parsed.invalid_tool_calls]
+        return extra | {
             "model_name": self.request.model_name,
             "model_provider": PROVIDER,
             "finish_reason": reason,
@@ -438,11 +491,6 @@ class SpeechGPTChat(BaseChatModel):
     """Device of the speech tokenizer and vocoder (default: the GPU if any)."""
     trust_pickle: bool = False
     """Allow the upstream pickled k-means file (prefer ``speechgpt-agent convert`` once)."""
-    engine: Literal["transformers", "vllm"] = "transformers"
-    """Where generation runs: the embedded transformers engine, or vLLM (continuous batching,
-    tensor / pipeline parallelism; DESIGN.md section 10)."""
-    engine_args: dict[str, Any] = Field(default_factory=dict)
-    """Engine arguments, e.g. ``{"tensor_parallel_size": 2}`` for vLLM."""
 
     # -- what to produce --
     modalities: list[Modality] = Field(default_factory=lambda: ["text", "audio"])
@@ -453,8 +501,13 @@ class SpeechGPTChat(BaseChatModel):
     """Nucleus sampling mass (the original CLI's)."""
     top_k: int = 50
     """Top-k sampling (the original CLI's); 0 disables it."""
-    max_tokens: int = 2048
-    """Most tokens generated per answer (text and speech units together; 50 units per second)."""
+    max_tokens: int | None = None
+    """Most tokens generated per answer (text and speech units together; 50 units per second).
+    ``None`` (default): whatever the prompt leaves of the model's context window (2048 tokens
+    for SpeechGPT-7B, 1024 for the demo). Any value is clamped to what the prompt leaves, and
+    the prompt is then budgeted from what the answer leaves (older turns dropped first); when
+    a long history would leave less than a quarter of the window, the answer keeps a quarter.
+    Alias: ``max_new_tokens``, ``max_completion_tokens``."""
     min_new_tokens: int = 10
     """Fewest tokens generated before the answer may end (the original CLI's 10)."""
     repetition_penalty: float = 1.0
@@ -465,6 +518,19 @@ class SpeechGPTChat(BaseChatModel):
     """Stop sequences: the text answer ends before the first of them (generation stops there)."""
     streaming: bool = False
     """Use the streaming path for ``invoke`` too (callbacks then see every token)."""
+    allow_remote_audio: bool = False
+    """Fetch audio named by ``http(s)://`` URLs in message content. Off by default: with
+    messages from users, following their URLs is a server-side request forgery. Pass audio
+    as base64 (or a ``data:`` URL), or turn this on for trusted messages."""
+    allow_local_files: bool = False
+    """Read audio named by local paths and ``file://`` URLs in message content. Off by
+    default: with messages from users it would read any file of this machine. ``base64``
+    fields are only ever decoded, whatever this says."""
+    timeout: float | None = None
+    """Accepted for compatibility with LangChain's standard parameters and ignored: the model
+    runs in this process, there is no request to time out. Bound answers with ``max_tokens``."""
+    max_retries: int | None = None
+    """Accepted for compatibility and ignored: there is no remote call to retry."""
     logits_processors: list[Callable[[], Any]] = Field(default_factory=list, exclude=True)
     """Constrained decoding: factories called once per generation, each returning a
     transformers ``LogitsProcessor`` (``(input_ids [1, T], scores [1, V]) -> scores``).
@@ -490,10 +556,35 @@ class SpeechGPTChat(BaseChatModel):
             raise ValueError(f"temperature must be >= 0 (0 decodes greedily), got {value}.")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases_and_unknown_arguments(cls, values: Any) -> Any:
+        """Map the usual aliases (``model_name`` ...) and refuse unknown arguments, which
+        pydantic would drop silently (``tempurature=0`` would sample at 0.7)."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        for alias, name in _ALIASES.items():
+            if alias in values:
+                value = values.pop(alias)
+                if name in values and values[name] != value:
+                    raise ValueError(f"{alias}={value!r} and {name}={values[name]!r} disagree; give one.")
+                values[name] = value
+        unknown = sorted(set(values) - set(cls.model_fields) - {
+            f.alias for f in cls.model_fields.values() if f.alias})
+        if unknown:
+            import difflib
+
+            known = sorted({*cls.model_fields, *_ALIASES})
+            hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, known, 1))
+                     else repr(u) for u in unknown]
+            raise ValueError(f"SpeechGPTChat got unknown argument(s) {', '.join(hints)}.")
+        return values
+
     @field_validator("max_tokens")
     @classmethod
-    def _check_max_tokens(cls, value: int) -> int:
-        if value < 1:
+    def _check_max_tokens(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
             raise ValueError(f"max_tokens must be >= 1, got {value}.")
         return value
 
@@ -530,15 +621,70 @@ class SpeechGPTChat(BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """What this model set can do: context window (from the model's ``config.json`` when it
+        is local, 2048 for the released model), audio in and out, tool calling."""
+        profile = ModelProfile(
+            name=f"SpeechGPT ({self.model})", open_weights=True,
+            text_inputs=True, audio_inputs=self.speech_tokenizer is not None,
+            image_inputs=False, image_url_inputs=False, pdf_inputs=False, video_inputs=False,
+            text_outputs=True, audio_outputs="audio" in self.modalities and self.vocoder != "",
+            image_outputs=False, video_outputs=False, reasoning_output=False,
+            tool_calling=True, tool_choice=True, tool_call_streaming=True,
+            # with_structured_output works (a JSON answer, constrained), but through the
+            # prompt, not a provider feature: agents then take their tool strategy
+            structured_output=False, temperature=True, attachment=False,
+        )
+        context = context_length_hint(self.model)
+        if context is not None:
+            profile["max_input_tokens"] = context
+            profile["max_output_tokens"] = context if self.max_tokens is None else min(self.max_tokens, context)
+        return profile
+
+    # -- counting tokens (the model's own tokenizer) --
+
+    def _token_model(self) -> Any:
+        spec = self._spec()
+        from ._runtime import _RUNTIMES
+
+        loaded = _RUNTIMES._items.get(spec)
+        return loaded.model if loaded is not None else load_text_tokenizer(self.model)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` in SpeechGPT's tokenizer (no ``<s>``; control tokens spelled
+        in ``text`` count as such). Loads only the tokenizer if the model is not loaded."""
+        return list(self._token_model().tokenizer.encode(text, add_special_tokens=False))
+
+    def get_num_tokens(self, text: str) -> int:
+        """Number of SpeechGPT tokens of ``text`` (see :meth:`get_token_ids`)."""
+        return len(self.get_token_ids(text))
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """Tokens of the prompt these messages (and tools) make, as SpeechGPT would read it.
+
+        Speech counts one token per 20 ms (an upper bound of its units, as no speech tokenizer
+        runs here); earlier spoken turns count as their transcripts.
+        """
+        request = _Request(self, list(messages), None, {"tools": list(tools)} if tools else {})
+        kw = request.stream_kwargs
+        return prompt_tokens_bound(self._token_model().count_tokens, text=kw["text"], audio=kw["audio"],
+                                   history=as_history(kw["history"]), system=kw["system"]) - 1
+
     # -- the runtime --
 
     def _spec(self, model: str | None = None) -> RuntimeSpec:
+        """What to load: this instance's parts, or for another ``model`` (a per-call override)
+        the parts ``SpeechGPTChat(model=model)`` would have (``"demo"``: all the demo's own)
+        with this instance's quantization, devices and ``trust_pickle``."""
+        own = model is None or str(model) == self.model
         return RuntimeSpec(
-            model=model or self.model, adapter=self.adapter, speech_tokenizer=self.speech_tokenizer,
-            kmeans=self.kmeans, vocoder=self.vocoder, quantization=self.quantization,
+            model=self.model if own else str(model),
+            adapter=self.adapter if own else DEFAULT_ADAPTER,
+            speech_tokenizer=self.speech_tokenizer if own else DEFAULT_SPEECH_TOKENIZER,
+            kmeans=self.kmeans if own else None, vocoder=self.vocoder if own else None,
+            quantization=self.quantization,
             device_map=self.device_map, dtype=self.dtype, device=self.device,
-            trust_pickle=self.trust_pickle, engine=self.engine,
-            engine_args=tuple(sorted((k, _hashable(v)) for k, v in self.engine_args.items())),
+            trust_pickle=self.trust_pickle,
         )
 
     @property
@@ -548,7 +694,8 @@ class SpeechGPTChat(BaseChatModel):
 
     def _options(self, kwargs: dict[str, Any]) -> GenerationOptions:
         temperature = float(kwargs.get("temperature", self.temperature))
-        max_new = int(kwargs.get("max_tokens", self.max_tokens))
+        requested = kwargs.get("max_tokens", self.max_tokens)
+        max_new = int(requested) if requested is not None else GenerationOptions().max_new_tokens
         return GenerationOptions(
             max_new_tokens=max_new,
             min_new_tokens=min(self.min_new_tokens, max_new),
