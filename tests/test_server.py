@@ -167,6 +167,11 @@ def test_text_question(client):
     assert r.choices[0].message.content == "five" and r.choices[0].message.audio is None
     chunks = client.chat.completions.create(model="demo", messages=TEXT, temperature=0, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "five"
+    # a stop sequence cuts the answer before it (and ends generation there), streamed or not
+    cut = client.chat.completions.create(model="demo", messages=TEXT, temperature=0, stop=["iv"])
+    assert cut.choices[0].message.content == "f" and cut.choices[0].finish_reason == "stop"
+    chunks = client.chat.completions.create(model="demo", messages=TEXT, temperature=0, stop="iv", stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "f"
 
 
 def test_calculator_tool_round_trip(client):
@@ -364,6 +369,8 @@ REFUSALS = {
     "a field of the wrong type": ({"body": {"model": "demo", "messages": TEXT, "temperature": "hot"}},
                                   400, "temperature"),
     "n > 1": ({"body": {"model": "demo", "messages": TEXT, "n": 2}}, 400, "n=2 is not supported"),
+    "a prompt too long": ({"body": {"model": "demo", "messages": [{"role": "user", "content": "seven " * 3000}]}},
+                          400, "the prompt needs"),
     "an unknown model": ({"body": {"model": "gpt-4o", "messages": TEXT}}, 404, "serves 'demo'"),
     "no messages": ({"body": {"model": "demo", "messages": []}}, 400, "messages"),
     "ending with the assistant": ({"body": {"model": "demo", "messages": [

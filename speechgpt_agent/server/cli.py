@@ -65,6 +65,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from faster_whisper import WhisperModel
 
         whisper = WhisperModel(args.whisper_model, device="auto", compute_type="default")
-    run(create_app(runtime, config, whisper=whisper, engine_name=args.engine),
+    run(create_app(runtime, config, whisper=whisper, engine_name=args.engine or "transformers"),
         host=args.host, port=args.port, log_level=args.log_level)
     return 0

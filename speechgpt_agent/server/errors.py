@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ModelNotFoundError, SpeechGPTError
+from ..errors import ModelNotFoundError, PromptTooLongError, SpeechGPTError
 
 __all__ = ["APIError", "error_body", "install_error_handlers"]
 
@@ -114,6 +114,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelNotFoundError)
     async def _not_found(request: Request, exc: ModelNotFoundError) -> JSONResponse:
         return _response(APIError(500, str(exc), type="server_error"))
+
+    @app.exception_handler(PromptTooLongError)
+    async def _too_long(request: Request, exc: PromptTooLongError) -> JSONResponse:
+        return _response(APIError(400, str(exc), param="messages", code="context_length_exceeded"))
 
     @app.exception_handler(SpeechGPTError)
     async def _speechgpt(request: Request, exc: SpeechGPTError) -> JSONResponse:
