@@ -205,3 +205,20 @@ def test_vllm_engine_refuses_transformers_logits_processors(sg):
         pytest.skip("vllm only")
     with pytest.raises(EngineError, match="grammar"):
         sg.chat("what is two plus three", logits_processors=[lambda ids, scores: scores])
+
+
+@pytest.mark.parametrize("name", ["transformers", "vllm"])
+def test_langchain_chat_model_on_each_engine(name, expected):
+    _need(name)
+    from speechgpt_agent import SpeechGPTChat
+
+    _, texts = expected
+    args = VLLM_ARGS if name == "vllm" else {}
+    chat = SpeechGPTChat(model=DEMO_NAME, quantization=None, dtype="float32", temperature=0,
+                         min_new_tokens=0, modalities=["text"], engine=name, engine_args=args)
+    assert chat.runtime.engine.name == name
+    q = TEXT_QUESTIONS[0]
+    assert chat.invoke(q).text.strip() == texts[q].strip()
+    assert "".join(c.text for c in chat.stream(q)).strip() == texts[q].strip()
+    if name == "vllm":
+        chat.runtime.engine.shutdown()
