@@ -87,7 +87,10 @@ _UNSUPPORTED_KEYWORDS = (
     "uniqueItems", "propertyNames",
 )
 _UNSUPPORTED_REGEX = re.compile(r"\(\?[=!<]|\\[1-9]")  # lookaround, backreference
-_BOUNDED_CHAR = r'[^<\[\\"\x00-\x1f]'
+# One character of a bounded string: printable ASCII but " < [ \, and every other valid code
+# point. Spelled as positive ranges: xgrammar's regex automaton for a negated class also
+# accepts overlong and surrogate UTF-8 byte sequences, which decode to U+FFFD garbage.
+_BOUNDED_CHAR = "[ -!#-;=-Z\\]-~\u00a0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 _SPACE = 1  # most consecutive whitespace characters inside constrained JSON
 
 
@@ -215,8 +218,8 @@ def strict_schema(schema: Mapping[str, Any], *, strict: bool = True) -> dict[str
       ``additionalProperties: false`` (as OpenAI's strict mode; xgrammar's default too),
       so the model cannot wander into made-up keys.
     * A string with ``minLength``/``maxLength`` (and no ``pattern``, ``format``, ``enum``
-      or ``const``) becomes a ``pattern`` of that many characters other than ``<``, ``[``,
-      ``"``, ``\\`` and control characters: xgrammar cannot apply length bounds together
+      or ``const``) becomes a ``pattern`` of that many valid characters other than ``<``,
+      ``[``, ``"``, ``\\`` and control characters: xgrammar cannot apply length bounds together
       with the marker exclusions (:data:`MARKER_EXCLUDES`), and a bounded string that can
       hold neither ``<`` nor ``[`` never spells a marker.
 

@@ -57,6 +57,7 @@ generation ends as soon as a call is complete, so no speech is synthesized for i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -98,6 +99,7 @@ from .messages import audio_block, to_turn_input
 from .tool_calling import (
     CALL_OPENERS,
     ParsedAnswer,
+    answer_grammar,
     complete_json_at,
     json_answer_prompt,
     normalize_tool_choice,
@@ -115,7 +117,7 @@ Modality = Literal["text", "audio"]
 
 _CALL_KWARGS = frozenset({
     "tools", "tool_choice", "parallel_tool_calls", "response_format", "model", "temperature",
-    "top_p", "top_k", "max_tokens", "seed", "modalities",
+    "top_p", "top_k", "max_tokens", "seed", "modalities", "strict",
 })
 
 
@@ -145,6 +147,15 @@ class _StopAfterThis:
         forced = torch.full_like(scores, float("-inf"))
         forced[..., self.eos_id] = 0.0
         return forced
+
+
+def _hashable(value: Any) -> Any:
+    """``value`` made hashable (lists -> tuples, dicts -> sorted item tuples) for a runtime key."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    return value
 
 
 def _stop_holdback(text: str, stops: Sequence[str]) -> int:
@@ -197,7 +208,18 @@ class _Request:
         modalities = kwargs.get("modalities") or chat.modalities
         if "text" not in modalities:
             raise ValueError(f"modalities must include 'text', got {modalities!r}.")
-        speak = "audio" in modalities and not self.forced and self.json_answer is None
+        # the grammar that makes the convention hold (None: free decoding); a JSON answer
+        # can be spoken after its text part when it is constrained, a demanded call never
+        strict = kwargs.get("strict")
+        if strict is None and isinstance(kwargs.get("response_format"), dict):
+            strict = (kwargs["response_format"].get("json_schema") or {}).get("strict")
+        speak = "audio" in modalities and not self.forced
+        self.grammar = answer_grammar(
+            self.specs if self.tools_active else [], self.choice, self.json_answer,
+            spoken=turn.audio is not None, speech=speak, parallel=not self.single_call,
+            strict=strict)
+        speak = speak and (self.json_answer is None or self.grammar is not None)
+        self.speak = speak
         self.text_only = "audio" not in modalities
 
         self.spec = chat._spec(self.model_name)
@@ -226,8 +248,29 @@ class _Request:
         """``SpeechGPT.stream`` arguments of this call (fresh logits processors) and its answer."""
         self._fit_to_context(runtime)
         answer = _Answer(self, _StopAfterThis(runtime.model.eos_id), streaming=streaming)
-        processors = [factory() for factory in self.chat.logits_processors] + [answer.stopper]
-        return {**self.stream_kwargs, "logits_processors": processors}, answer
+        processors = [factory() for factory in self.chat.logits_processors]
+        stream_kwargs = dict(self.stream_kwargs)
+        if self.grammar is not None:
+            # compiled (cached) before generation starts, so a bad schema raises here; top-k
+            # and top-p filter after the grammar's mask, not before it
+            opts = self.options
+            warpers = _top_k_top_p(opts) if opts.do_sample else []
+            processors.append(self.grammar.logits_processor(runtime.model, after=warpers))
+            stream_kwargs["options"] = dataclasses.replace(opts, top_k=0, top_p=1.0)
+        processors.append(answer.stopper)
+        return {**stream_kwargs, "logits_processors": processors}, answer
+
+
+def _top_k_top_p(opts: GenerationOptions) -> list[Any]:
+    """transformers' top-k / top-p warpers of ``opts`` (applied after a grammar's mask)."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    warpers: list[Any] = []
+    if opts.top_k:
+        warpers.append(TopKLogitsWarper(opts.top_k))
+    if opts.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(opts.top_p))
+    return warpers
 
 
 def _args_survive_merging(args: Any) -> bool:
@@ -310,7 +353,7 @@ class _Answer:
             end = min(end, len(self.text[:opener].rstrip()))
             if not self.stopped and any(c in delta for c in "}]") and self._call_complete(opener):
                 self.stopper.set()
-        elif self.request.json_answer is not None and "}" in delta:
+        elif self.request.json_answer is not None and not self.request.speak and "}" in delta:
             start = self.text.find("{")
             if start >= 0 and complete_json_at(self.text, start):
                 self.stopper.set()
@@ -491,6 +534,11 @@ class SpeechGPTChat(BaseChatModel):
     """Device of the speech tokenizer and vocoder (default: the GPU if any)."""
     trust_pickle: bool = False
     """Allow the upstream pickled k-means file (prefer ``speechgpt-agent convert`` once)."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """Where generation runs: the embedded transformers engine, or vLLM (continuous batching,
+    tensor / pipeline parallelism; DESIGN.md section 10)."""
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    """Engine arguments, e.g. ``{"tensor_parallel_size": 2}`` for vLLM."""
 
     # -- what to produce --
     modalities: list[Modality] = Field(default_factory=lambda: ["text", "audio"])
@@ -684,7 +732,8 @@ class SpeechGPTChat(BaseChatModel):
             kmeans=self.kmeans if own else None, vocoder=self.vocoder if own else None,
             quantization=self.quantization,
             device_map=self.device_map, dtype=self.dtype, device=self.device,
-            trust_pickle=self.trust_pickle,
+            trust_pickle=self.trust_pickle, engine=self.engine,
+            engine_args=tuple(sorted((k, _hashable(v)) for k, v in self.engine_args.items())),
         )
 
     @property
@@ -799,25 +848,37 @@ class SpeechGPTChat(BaseChatModel):
         strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[Any, AIMessage]:
-        """Offer tools to the model through the prompt (see :mod:`.tool_calling`).
+        """Offer tools to the model: described in the prompt, calls enforced by a grammar.
+
+        The tools' JSON schemas are listed in the system text, and decoding is constrained
+        (:mod:`speechgpt_agent.grammar`) so that a call is always
+        ``{"tool": name, "arguments": {...}}`` with arguments valid for that tool's schema
+        (see :mod:`.tool_calling`).
 
         Args:
             tools: ``BaseTool``s, functions, pydantic models, TypedDicts or JSON schemas.
-            tool_choice: ``"auto"`` (default), ``"none"``, ``"any"``/``"required"`` (a call
-                is demanded) or a tool name (that tool is demanded). A demanded call is
-                asked for in the prompt; the answer is then text only (no speech).
-            parallel_tool_calls: ``False`` keeps only the first call of an answer.
-            strict: accepted for compatibility; the JSON form is not enforced by a grammar,
-                so arguments may not match the schema (validate them in the tool).
+            tool_choice: ``"auto"`` (default: the model answers freely, and a call it starts
+                is constrained to completion), ``"none"``, ``"any"``/``"required"`` (the
+                answer's text part is a call of one of the tools) or a tool name (a call of
+                that tool). A demanded call is text only (never spoken).
+            parallel_tool_calls: ``False``: one call per answer (``None``/``True`` also allow a
+                JSON list of calls).
+            strict: ``None``/``True`` (default): constrained, objects take no properties beyond
+                their schema's; ``False``: the prompt alone asks for the form (no grammar;
+                arguments may then not match the schema).
 
         Raises:
             ValueError: an unknown ``tool_choice``.
+            speechgpt_agent.grammar.GrammarError: a schema keyword the grammar cannot enforce
+                (named with the tool and its path); pass ``strict=False`` to bind it anyway.
         """
-        del strict
         specs = tool_specs(tools)
         choice = normalize_tool_choice(tool_choice, [s["name"] for s in specs])
+        answer_grammar(specs, choice, parallel=parallel_tool_calls is not False, strict=strict)
         if parallel_tool_calls is not None:
             kwargs["parallel_tool_calls"] = parallel_tool_calls
+        if strict is not None:
+            kwargs["strict"] = strict
         return self.bind(tools=specs, tool_choice=choice, **kwargs)
 
     def with_structured_output(
@@ -832,28 +893,38 @@ class SpeechGPTChat(BaseChatModel):
         """Answers parsed into ``schema`` (pydantic model, TypedDict or JSON schema).
 
         Args:
-            method: ``"json_schema"`` (default: the prompt asks for a bare JSON object that
-                matches the schema), ``"function_calling"`` (the schema becomes a demanded
-                tool) or ``"json_mode"`` (a JSON object, schema described by the caller).
+            method: ``"json_schema"`` (default: the answer is constrained to a JSON object that
+                matches the schema; the prompt also shows the schema), ``"function_calling"``
+                (the schema becomes a demanded tool) or ``"json_mode"`` (constrained to a JSON
+                object; the caller describes the schema).
             include_raw: return ``{"raw", "parsed", "parsing_error"}`` instead of raising on
                 an answer that does not parse.
-            strict: accepted for compatibility (no grammar enforcement).
+            strict: ``None``/``True`` (default): constrained by a grammar, objects take no
+                properties beyond the schema's; ``False``: the prompt alone asks for it.
+
+        The answer is text only (structured output is parsed, not spoken).
+
+        Raises:
+            speechgpt_agent.grammar.GrammarError: a schema keyword the grammar cannot enforce.
         """
-        del strict
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}.")
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
         ls_format = {"kwargs": {"method": method}, "schema": schema}
         if method == "function_calling":
             name = convert_to_openai_tool(schema)["function"]["name"]
-            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=ls_format)
+            llm = self.bind_tools([schema], tool_choice=name, strict=strict,
+                                  ls_structured_output_format=ls_format)
             parser: Runnable = (PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic
                                 else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
         elif method in ("json_schema", "json_mode"):
             response_format: dict[str, Any] = (
                 {"type": "json_object"} if method == "json_mode"
                 else {"type": "json_schema", "json_schema": {"schema": convert_to_json_schema(schema)}})
-            llm = self.bind(response_format=response_format, ls_structured_output_format=ls_format)
+            if strict is not None and method == "json_schema":
+                response_format["json_schema"]["strict"] = strict
+            llm = self.bind(response_format=response_format, modalities=["text"],
+                            ls_structured_output_format=ls_format)
             parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
         else:
             raise ValueError(f"method must be 'json_schema', 'function_calling' or 'json_mode', got {method!r}.")

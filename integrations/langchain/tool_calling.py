@@ -9,6 +9,13 @@ tools in its system text and asks for one compact JSON form::
 conversation in the same form, so few-shot histories teach it; tool results come back as
 ``Tool "get_weather" returned: ...`` lines of the next user turn.
 
+Decoding is constrained so that the convention always holds (:mod:`speechgpt_agent.grammar`,
+xgrammar): :func:`answer_grammar` gives the grammar of an answer for the bound tools and the
+``tool_choice`` (a demanded call is the whole text part of the answer, its arguments valid
+for the tool's JSON schema; with ``"auto"`` a call is constrained from its opening
+``{"tool"`` on) or for a structured answer. The prompt still describes the tools: the
+grammar decides the form, the model still needs to know what the tools are for.
+
 Parsing the answer is lenient about what a model does around the JSON (a code fence, text
 before or after it, ``"name"``/``"args"`` instead of ``"tool"``/``"arguments"``, arguments
 as a JSON string) but strict about the JSON itself, and never raises: an attempted call that
@@ -29,9 +36,18 @@ from langchain_core.messages import InvalidToolCall, ToolCall, ToolMessage
 from langchain_core.messages.tool import invalid_tool_call, tool_call
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from speechgpt_agent.grammar import (
+    CALL_TRIGGER,
+    Grammar,
+    json_answer_grammar,
+    tool_call_grammar,
+)
+
 __all__ = [
     "CALL_OPENERS",
+    "CALL_TRIGGER",
     "ParsedAnswer",
+    "answer_grammar",
     "complete_json_at",
     "json_answer_prompt",
     "new_call_id",
@@ -148,6 +164,44 @@ def json_answer_prompt(schema: dict[str, Any] | None) -> str:
         "- SpeechGPT answers with only a JSON object that matches this JSON schema, and "
         f"nothing else: {_dumps(schema)}\n"
     )
+
+
+def answer_grammar(
+    specs: Sequence[dict[str, Any]],
+    choice: str,
+    json_schema: dict[str, Any] | None = None,
+    *,
+    spoken: bool = False,
+    speech: bool = False,
+    parallel: bool = True,
+    strict: bool | None = None,
+) -> Grammar | None:
+    """The grammar that constrains an answer to the convention, or ``None`` for a free answer.
+
+    Args:
+        specs: from :func:`tool_specs` (``[]``: no tools).
+        choice: from :func:`normalize_tool_choice`.
+        json_schema: a structured answer: its JSON schema, ``{}`` for any JSON object (JSON
+            mode), ``None`` for none. Used when no tool is active.
+        spoken: the question holds speech, so the answer starts with a free transcript.
+        speech: a text (or JSON) answer may be spoken after it (``; [ua]`` units). A call
+            never is.
+        parallel: a demanded call may be a JSON list of calls (``parallel_tool_calls``).
+        strict: ``False`` leaves decoding free (the prompt alone asks for the form, as
+            without a grammar); ``None``/``True`` constrain, objects taking no properties
+            beyond their schema's.
+
+    Raises:
+        speechgpt_agent.grammar.GrammarError: a schema the grammar cannot enforce (named).
+    """
+    if strict is False:
+        return None
+    lead = "spoken" if spoken else "text"
+    if specs and choice != "none":
+        return tool_call_grammar(specs, choice, lead=lead, speech=speech, parallel=parallel)
+    if json_schema is not None:
+        return json_answer_grammar(json_schema or None, lead=lead, speech=speech)
+    return None
 
 
 def render_tool_calls(calls: Sequence[dict[str, Any]]) -> str:
