@@ -43,7 +43,14 @@ from torch import nn
 
 from .errors import UnitError
 from .kernels import lrelu_conv1d, unit_embedding
-from .vocoder import LRELU_SLOPE, CodeHiFiGAN, ResBlock, UnitsLike, _as_unit_ids, durations_from_log
+from .vocoder_modules import (
+    LRELU_SLOPE,
+    CodeHiFiGAN,
+    ResBlock,
+    UnitsLike,
+    _as_unit_ids,
+    durations_from_log,
+)
 
 # --------------------------------------------------------------------------- streaming layers
 
