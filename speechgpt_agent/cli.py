@@ -208,14 +208,13 @@ MODEL_HELP = ("stage-2 LLM: hub id, local folder, or 'demo' for the small model 
 
 
 def _engine_arg(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` of ``--engine-arg``; the value is JSON when it parses (``2``, ``true``), else text."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    """``KEY=VALUE`` of ``--engine-arg`` (see :func:`speechgpt_agent.engines.parse_engine_arg`)."""
+    from .engines import parse_engine_arg
+
     try:
-        return key.strip(), json.loads(value)
-    except ValueError:
-        return key.strip(), value
+        return parse_engine_arg(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _model_set_args(p: argparse.ArgumentParser, *, speech: bool = True) -> None:

@@ -42,6 +42,10 @@ TOOLS = [{"type": "function", "function": {
     "name": "calculator", "description": calculator.description,
     "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
                    "required": ["expression"]}}}]
+# SPEECHGPT_TEST_ENGINE=vllm (set by .ci/vllm-env) serves the same tests from the vLLM engine
+ENGINE = os.environ.get("SPEECHGPT_TEST_ENGINE", "transformers")
+ENGINE_ARGS = ["--engine", "vllm", "--dtype", "float32", "--engine-arg", "kv_cache_memory_bytes=536870912",
+               "--engine-arg", "max_num_seqs=32"] if ENGINE == "vllm" else []
 MAX_AUDIO_S = 10
 MAX_MB = 2
 MAX_MESSAGES = 8
@@ -65,7 +69,7 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     cmd = [*_command(), "serve", "--model", "demo", "--port", str(port), "--api-key", KEY,
            "--threads", "1", "--max-audio-seconds", str(MAX_AUDIO_S), "--max-request-mb", str(MAX_MB),
-           "--max-messages", str(MAX_MESSAGES), "--log-level", "warning"]
+           "--max-messages", str(MAX_MESSAGES), "--log-level", "warning", *ENGINE_ARGS]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -111,7 +115,7 @@ def _pcm(b64: str) -> np.ndarray:
 
 def test_health_and_models(server, client):
     health = _health(server)
-    assert health["status"] == "ok" and health["model"] == "demo"
+    assert health["status"] == "ok" and health["model"] == "demo" and health["engine"] == ENGINE
     assert [m.id for m in client.models.list()] == ["demo"]
     assert client.models.retrieve("demo").id == "demo"
 

@@ -26,6 +26,7 @@ __all__ = [
     "TokenStream",
     "default_engine",
     "load_engine",
+    "parse_engine_arg",
 ]
 
 EngineName = Literal["transformers", "vllm"]
@@ -71,3 +72,21 @@ def default_engine(model: SpeechGPTModel) -> Engine:
             engine = load_engine("transformers", model)
             model._speechgpt_default_engine = engine  # type: ignore[union-attr]
         return engine
+
+
+def parse_engine_arg(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of a command line's ``--engine-arg``: the value is JSON when it parses
+    (``2``, ``true``, ``0.5``, ``"ray"``), else the text itself.
+
+    Raises:
+        ValueError: no ``=``, or an empty key.
+    """
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -155,7 +154,8 @@ def create_app(runtime: Any, config: ServerConfig | None = None, *, whisper: Any
     @app.get("/health")
     async def health() -> dict[str, Any]:
         loaded = runtime.loaded_parts() if hasattr(runtime, "loaded_parts") else {}
-        return {"status": "ok", "model": config.model_name, "engine": engine_name,
+        engine = getattr(getattr(runtime, "engine", None), "name", None) or engine_name
+        return {"status": "ok", "model": config.model_name, "engine": engine,
                 "asr": config.asr, "parts": loaded, "active_turns": turns.active}
 
     def model_card() -> dict[str, Any]:
@@ -235,29 +235,31 @@ def create_app(runtime: Any, config: ServerConfig | None = None, *, whisper: Any
 
 def load_runtime(model: str = "demo", *, quantization: str | None = "auto", engine: str | None = None,
                  adapter: str | None = None, speech_tokenizer: str | None = None,
-                 vocoder: str | None = None, device: str | None = None) -> Any:
+                 vocoder: str | None = None, device: str | None = None,
+                 engine_args: dict[str, Any] | None = None, dtype: str | None = None) -> Any:
     """Load the ``SpeechGPT`` to serve (the speech tokenizer and vocoder now, not on first use).
 
     Args:
         model: ``"demo"`` or a model folder / hub id.
         quantization: ``"nf4"``, ``"int8"``, ``None`` (unquantized), or ``"auto"``: none for
             the demo, NF4 for a real model.
-        engine: passed to ``SpeechGPT.from_pretrained(engine=...)`` where it takes one.
+        engine, engine_args: where generation runs (``"transformers"`` or ``"vllm"``) and its
+            arguments (see :func:`speechgpt_agent.engines.load_engine`).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` weights (default: the loader's).
         adapter, speech_tokenizer, vocoder, device: see ``SpeechGPT.from_pretrained``.
     """
+    import torch
+
     from ..demo import DEMO_NAME
     from ..pipeline import SpeechGPT
 
     if quantization == "auto":
         quantization = None if model == DEMO_NAME else "nf4"
-    params = inspect.signature(SpeechGPT.from_pretrained).parameters
-    kwargs: dict[str, Any] = {"quantization": quantization, "progress": False}
-    if engine is not None:
-        if "engine" not in params:
-            raise ValueError(f"--engine {engine}: this version of SpeechGPT has one engine; drop --engine.")
-        kwargs["engine"] = engine
-    if "preload" in params:
-        kwargs["preload"] = ("speech_tokenizer", "vocoder")
+    kwargs: dict[str, Any] = {"quantization": quantization, "progress": False,
+                              "engine": engine or "transformers", "engine_args": dict(engine_args or {}),
+                              "preload": ("speech_tokenizer", "vocoder")}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype)
     for name, value in (("adapter", adapter), ("speech_tokenizer", speech_tokenizer),
                         ("vocoder", vocoder), ("device", device)):
         if value is not None:

@@ -7,6 +7,15 @@ import argparse
 __all__ = ["add_serve_parser", "cmd_serve"]
 
 
+def _engine_arg(text: str) -> tuple[str, object]:
+    from ..engines import parse_engine_arg
+
+    try:
+        return parse_engine_arg(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -22,7 +31,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocoder", default=None, help="vocoder folder or hub id (default: the model set's)")
     p.add_argument("--quantization", choices=["auto", "none", "nf4", "int8"], default="auto",
                    help="LLM weights (default: none for the demo, nf4 otherwise)")
-    p.add_argument("--engine", default=None, help="generation engine, e.g. transformers or vllm (default: the library's)")
+    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                   help="where generation runs: the embedded engine, or vLLM (continuous batching, "
+                        "multi-GPU) (default: %(default)s)")
+    p.add_argument("--engine-arg", action="append", default=[], type=_engine_arg, metavar="KEY=VALUE",
+                   help="an engine argument, repeatable, e.g. --engine-arg tensor_parallel_size=2")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="LLM weights' dtype (default: bfloat16 unquantized; vLLM: the model's)")
     p.add_argument("--device", default=None, help="device of the speech tokenizer and vocoder")
     p.add_argument("--served-name", default=None, help="model id clients send (default: --model)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s; 0.0.0.0 exposes it)")
@@ -59,7 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     runtime = load_runtime(args.model, quantization=None if args.quantization == "none" else args.quantization,
                            engine=args.engine, adapter=args.adapter, speech_tokenizer=args.speech_tokenizer,
-                           vocoder=args.vocoder, device=args.device)
+                           vocoder=args.vocoder, device=args.device, engine_args=dict(args.engine_arg),
+                           dtype=args.dtype)
     whisper = None
     if args.asr == "whisper":
         from faster_whisper import WhisperModel
