@@ -694,6 +694,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # anything else: one line, never a traceback
+        import os
+
+        if os.environ.get("SPEECHGPT_AGENT_TRACEBACK"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"speechgpt-agent {args.command}: error: {type(exc).__name__}: {first} "
+              "(SPEECHGPT_AGENT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 
 from .checkpoints import cfg_get, load_torch_checkpoint
-from .errors import CheckpointError, ModelNotFoundError
+from .errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
 from .hub import resolve_dir
 
 PathLike = str | os.PathLike
@@ -454,6 +455,15 @@ def load_hubert(
                               "model, not 'hubert'.")
     try:
         model, info = HubertModel.from_pretrained(folder, config=config, output_loading_info=True)
+    except pickle.UnpicklingError:  # torch's weights_only refused a pytorch_model.bin
+        raise UnsafeCheckpointError(
+            f"HuBERT speech encoder: the weights in {folder} are a pickle that torch will not load "
+            "safely (it holds more than tensors). If you trust its source, convert the folder once "
+            "to safetensors and pass the copy: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 python -c "
+            "\"import sys; from transformers import HubertModel; "
+            "HubertModel.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])\" "
+            f"{folder} <out-folder> (then copy preprocessor_config.json and the k-means file)."
+        ) from None
     except OSError as exc:
         raise ModelNotFoundError(f"HuBERT speech encoder: no weights in {folder} ({exc}).") from exc
     # transformers fills absent weights with random values and only logs it: refuse instead

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UnsafeCheckpointError
 from .hub import PathLike, resolve_dir
 from .parse import FirstSegment, StreamParser
 from .prompt import CONTROL_TOKENS, EOSP, HUMAN, NUM_UNITS, SOSP
@@ -450,6 +450,15 @@ class SpeechGPTModel:
                 return PeftModel.from_pretrained(lm, adapter_path, is_trainable=False)
         except torch.cuda.OutOfMemoryError:
             raise
+        except pickle.UnpicklingError:  # torch's weights_only refused the pickle
+            raise UnsafeCheckpointError(
+                f"the adapter {adapter_path} is a pickle (adapter_model.bin) that torch will not "
+                "load safely: it holds more than tensors. If you trust its source, convert it once "
+                "to safetensors and pass that folder: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 python -c "
+                "\"import sys, torch, safetensors.torch as st; st.save_file({k: v for k, v in "
+                "torch.load(sys.argv[1]).items() if isinstance(v, torch.Tensor)}, sys.argv[2])\" "
+                f"{adapter_path / 'adapter_model.bin'} <copy of the folder>/adapter_model.safetensors"
+            ) from None
         except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"cannot apply the adapter {adapter_path}: {exc}") from exc
 
