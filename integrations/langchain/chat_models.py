@@ -124,6 +124,8 @@ _CALL_KWARGS = frozenset({
 _ALIASES = {"model_name": "model", "max_new_tokens": "max_tokens",
             "max_completion_tokens": "max_tokens", "stop_sequences": "stop"}
 """Other names of constructor arguments (those of other LangChain chat models)."""
+_IGNORED = frozenset({"api_key"})
+"""Arguments of hosted chat models, accepted and dropped: a local model has no API key."""
 
 
 class _StopAfterThis:
@@ -611,7 +613,7 @@ class SpeechGPTChat(BaseChatModel):
         pydantic would drop silently (``tempurature=0`` would sample at 0.7)."""
         if not isinstance(values, dict):
             return values
-        values = dict(values)
+        values = {k: v for k, v in values.items() if k not in _IGNORED}
         for alias, name in _ALIASES.items():
             if alias in values:
                 value = values.pop(alias)
