@@ -10,6 +10,7 @@ app with uvicorn. Routes:
 ``POST /v1/audio/speech``              :mod:`.audio_api` (SpeechGPT TTS, streamed)
 ``GET  /v1/models``, ``/v1/models/ID`` the one served model
 ``GET  /health``                       liveness and what is loaded (no key needed)
+``GET  /``, ``/static/*``              the voice page (``static/``; no key needed to load it)
 =====================================  ===============================================
 """
 
@@ -22,10 +23,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .audio_api import check_speech, speech_stream, transcribe
@@ -230,6 +239,12 @@ def create_app(runtime: Any, config: ServerConfig | None = None, *, whisper: Any
         return StreamingResponse(body, media_type=media)
 
     app.include_router(v1)
+    from .realtime import realtime_router  # GET /v1/realtime (WebSocket, the Realtime protocol)
+
+    app.include_router(realtime_router(runtime, config, store=store, track=turns.track, auth=_auth(config)))
+    static = Path(__file__).with_name("static")  # the voice page, shipped in the package
+    app.mount("/static", StaticFiles(directory=static), name="static")
+    app.get("/", include_in_schema=False)(lambda: FileResponse(static / "index.html"))
     return app
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import threading
+import time
+import urllib.request
+import webbrowser
 
-__all__ = ["add_serve_parser", "cmd_serve"]
+__all__ = ["add_serve_parser", "cmd_serve", "open_when_up"]
 
 
 def _engine_arg(text: str) -> tuple[str, object]:
@@ -42,6 +46,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--served-name", default=None, help="model id clients send (default: --model)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--open", action="store_true",
+                   help="open the voice page (http://HOST:PORT/) in the default browser once it answers")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $SPEECHGPT_API_KEY, else no key)")
     p.add_argument("--asr", choices=["speechgpt", "whisper"], default="speechgpt",
@@ -81,6 +87,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from faster_whisper import WhisperModel
 
         whisper = WhisperModel(args.whisper_model, device="auto", compute_type="default")
+    if args.open:
+        open_when_up(args.host, args.port)
     run(create_app(runtime, config, whisper=whisper, engine_name=args.engine or "transformers"),
         host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def open_when_up(host: str, port: int, *, timeout_s: float = 120.0) -> threading.Thread:
+    """Open ``http://HOST:PORT/`` (the voice page) in the default browser (:mod:`webbrowser`)
+    as soon as ``/health`` answers, from a daemon thread (the server starts after this)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+
+    def wait_then_open() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        if not webbrowser.open(url):
+            print(f"speechgpt-agent serve: no browser to open; the voice page is at {url}", flush=True)
+
+    thread = threading.Thread(target=wait_then_open, name="open-voice-page", daemon=True)
+    thread.start()
+    return thread
