@@ -3,11 +3,15 @@
     model --(tool calls?)--> tools --> model --> END
 
 The question can be a recording; the final answer is spoken. Streams the model's text as
-it is generated (``stream_mode="messages"``).
+it is generated (``stream_mode="messages"``; the final state comes from the same run).
 
+    python examples/voice_graph.py                      # the demo model and its bundled question
     python examples/voice_graph.py --audio question.wav --out answer.wav --model /models/...
 
-Runs offline when every model option names a local folder.
+With no model option it runs the full set when that is on this machine, else the demo
+model embedded in the package (offline; it calls its calculator, bound beside add, for
+its default typed question "what is 1234 times 5678"). Runs offline when every model
+option names a local folder.
 """
 
 from __future__ import annotations
@@ -15,14 +19,19 @@ from __future__ import annotations
 from _common import (
     add_question_args,
     chat_from_args,
+    demo_tools,
     model_set_parser,
+    on_demo,
     question,
+    run,
     save_spoken_answer,
 )
 from langchain_core.messages import AIMessageChunk
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
+
+from speechgpt_agent.demo import DEMO_TOOL_QUESTION
 
 
 @tool
@@ -52,15 +61,21 @@ def main(argv: list[str] | None = None) -> None:
     add_question_args(parser)
     args = parser.parse_args(argv)
 
-    graph = build_graph(chat_from_args(args), [add])
-    inputs = {"messages": [question(args.text, args.audio)]}
-    for chunk, meta in graph.stream(inputs, stream_mode="messages"):
-        if isinstance(chunk, AIMessageChunk) and chunk.text:
-            print(chunk.text, end="", flush=True)
+    graph = build_graph(chat_from_args(args), [add, *demo_tools(args)])
+    # the demo model calls only its calculator, and only for a text question
+    ask = question(args.text, args.audio, default_text=DEMO_TOOL_QUESTION if on_demo(args) else None)
+    inputs = {"messages": [ask]}
+    final = None
+    for mode, payload in graph.stream(inputs, stream_mode=["messages", "values"]):
+        if mode == "messages":  # (message chunk, metadata) as the model generates
+            chunk = payload[0]
+            if isinstance(chunk, AIMessageChunk) and chunk.text:
+                print(chunk.text, end="", flush=True)
+        else:  # the graph's state after each step: the last one holds the final answer
+            final = payload["messages"][-1]
     print()
-    final = graph.invoke(inputs)["messages"][-1]
     save_spoken_answer(final, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

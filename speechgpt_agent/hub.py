@@ -187,3 +187,19 @@ def check_available(ref: PathLike, *, what: str) -> None:
     reason = hub_unreachable_reason()
     if reason is not None:
         raise _not_found(what, ref, reason, f"hf download {ref}")
+
+
+def is_local(ref: PathLike) -> bool:
+    """Whether ``ref`` is an existing local path or a hub id with a copy in the local hub
+    cache, i.e. loadable with no network. Downloads nothing."""
+    if Path(os.path.expanduser(str(ref))).exists():
+        return True
+    if not _looks_like_hub_id(str(ref)):
+        return False
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(str(ref), local_files_only=True)
+    except OSError:  # LocalEntryNotFoundError: not cached
+        return False
+    return True
