@@ -13,7 +13,22 @@ that a 2-D array whose first dimension is at most 8 and whose second is larger i
 ``[channels, frames]`` (the torchaudio layout). Float samples are taken as they are
 (full scale is [-1, 1]; louder values are kept, not clipped); integer PCM is scaled to
 [-1, 1). Decoding is done by libsndfile (through ``soundfile``: WAV, FLAC, Ogg
-Vorbis/Opus, MP3, AIFF, ...), resampling by libsoxr (through ``soxr``, quality "HQ").
+Vorbis/Opus, MP3, AIFF, ...).
+
+Resampling has two methods (``resampler=``):
+
+* ``"soxr"`` (the default here): libsoxr (through ``soxr``, quality "HQ"), a steep
+  linear-phase filter; ``floor(frames * target / rate + 0.5)`` samples.
+* ``"torchaudio"``: the windowed-sinc algorithm of ``torchaudio.functional.resample`` with
+  its defaults (Hann window, 6 zero crossings, rolloff 0.99; ``ceil(target * frames /
+  rate)`` samples, rates gcd-reduced), computed by :mod:`speechgpt_agent.sinc_resample`.
+  SpeechGPT's ``speech2unit`` prepared mHuBERT's input that way, and the two differ by
+  about 30 dB SNR on speech (mostly in 4-8 kHz), enough to change 8-10 % of the units of
+  22.05/44.1/8 kHz input, so the mHuBERT :class:`~speechgpt_agent.units.SpeechTokenizer`
+  uses it by default.
+
+Channels are averaged to mono. (The original ``speech2unit`` concatenated the channels of a
+stereo file into one signal twice as long, a bug this package does not reproduce.)
 """
 
 from __future__ import annotations
@@ -41,9 +56,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_SECONDS",
     "MAX_SAMPLE_RATE",
+    "RESAMPLERS",
     "SAMPLE_RATE",
     "AudioError",
     "AudioSource",
+    "Resampler",
     "decode_audio",
     "encode_wav",
     "load_audio",
@@ -67,6 +84,11 @@ AudioSource = Union[
 """Everything :func:`load_audio` accepts."""
 
 WavSubtype = Literal["PCM_16", "FLOAT"]
+
+Resampler = Literal["torchaudio", "soxr"]
+"""How :func:`resample` converts rates (see the module docstring)."""
+
+RESAMPLERS: tuple[Resampler, ...] = ("torchaudio", "soxr")
 
 # 2-D arrays with at most this many rows (and more columns) are [channels, frames].
 _MAX_CHANNELS_FIRST = 8
@@ -122,6 +144,7 @@ def load_audio(
     *,
     target_rate: int = SAMPLE_RATE,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    resampler: Resampler = "soxr",
 ) -> np.ndarray:
     """Load audio from any supported source as float32 mono samples at ``target_rate``.
 
@@ -146,17 +169,21 @@ def load_audio(
         target_rate: rate (Hz) of the result; default 16000.
         max_seconds: longest accepted duration (s) of the input, checked from the file
             header before decoding where the format allows; ``None`` disables the limit.
+        resampler: ``"soxr"`` (default) or ``"torchaudio"`` (the original SpeechGPT's
+            windowed sinc); see :func:`resample`.
 
     Returns:
         float32 array ``[T]``, C-contiguous, never a view of ``source``. Channels are
-        averaged; the rate is converted with libsoxr (HQ), so
-        ``T = floor(frames * target_rate / rate + 0.5)``.
+        averaged (the original ``speech2unit`` concatenated them, a bug); the rate is
+        converted by ``resampler``: ``T = floor(frames * target_rate / rate + 0.5)`` with
+        ``"soxr"``, ``ceil(frames * target_rate / rate)`` with ``"torchaudio"``.
 
     Raises:
         AudioError: the source is missing, unreadable, truncated, corrupt, in an
             unsupported format, empty, too long, has NaN/Inf samples, a bad shape or
-            dtype, or a missing/invalid rate.
+            dtype, or a missing/invalid rate; an unknown ``resampler``.
     """
+    _check_resampler(resampler)
     target_rate = _check_rate(target_rate, "target_rate")
     max_seconds = _check_max_seconds(max_seconds)
 
@@ -183,7 +210,7 @@ def load_audio(
 
     _check_samples(frames, rate, max_seconds, what)
     mono = frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1, dtype=np.float32)
-    out = resample(mono, rate, target_rate)
+    out = resample(mono, rate, target_rate, resampler=resampler)
     if out.shape[0] == 0:
         raise AudioError(
             f"{what} is too short: {frames.shape[0]} sample(s) at {rate} Hz give no sample "
@@ -218,21 +245,32 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> tuple[np.n
     return frames, rate
 
 
-def resample(samples: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
-    """Convert ``samples`` from ``orig_rate`` to ``target_rate`` (Hz) with libsoxr (HQ).
+def resample(
+    samples: np.ndarray, orig_rate: int, target_rate: int, *, resampler: Resampler = "soxr"
+) -> np.ndarray:
+    """Convert ``samples`` from ``orig_rate`` to ``target_rate`` (Hz).
 
     Args:
         samples: float array ``[frames]`` or ``[frames, channels]``.
         orig_rate: rate of ``samples`` in Hz.
         target_rate: wanted rate in Hz.
+        resampler: ``"soxr"`` (libsoxr HQ, default) or ``"torchaudio"``: the windowed sinc
+            of ``torchaudio.functional.resample`` with its defaults (Hann window,
+            ``lowpass_filter_width`` 6, ``rolloff`` 0.99), computed in float32 with torch
+            (:func:`speechgpt_agent.sinc_resample.sinc_resample`; torchaudio itself is not
+            needed).
 
     Returns:
-        float32 array ``[floor(frames * target_rate / orig_rate + 0.5)]`` (plus the
-        channel axis when given); ``samples`` as float32 when the rates are equal.
+        float32 array of ``floor(frames * target_rate / orig_rate + 0.5)`` frames
+        (``"soxr"``) or ``ceil(frames * target_rate / orig_rate)`` frames
+        (``"torchaudio"``), plus the channel axis when given; ``samples`` as float32 when
+        the rates are equal.
 
     Raises:
-        AudioError: an invalid rate, a shape other than 1-D/2-D, or non-float samples.
+        AudioError: an invalid rate, a shape other than 1-D/2-D, non-float samples, or an
+            unknown ``resampler``.
     """
+    _check_resampler(resampler)
     orig_rate = _check_rate(orig_rate, "orig_rate")
     target_rate = _check_rate(target_rate, "target_rate")
     samples = np.asarray(samples)
@@ -245,6 +283,14 @@ def resample(samples: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarra
     samples = samples.astype(np.float32, copy=False)
     if orig_rate == target_rate or samples.shape[0] == 0:
         return samples
+    if resampler == "torchaudio":
+        import torch
+
+        from .sinc_resample import sinc_resample
+
+        channels_first = torch.from_numpy(np.ascontiguousarray(samples.T))  # [..., frames]
+        out = sinc_resample(channels_first, orig_rate, target_rate).numpy().T
+        return np.ascontiguousarray(out, dtype=np.float32)
     return soxr.resample(np.ascontiguousarray(samples), orig_rate, target_rate, quality="HQ")
 
 
@@ -629,6 +675,13 @@ def _check_rate(rate: Any, name: str) -> int:
             "in Hz (e.g. 16000)."
         )
     return int(rate)
+
+
+def _check_resampler(resampler: Any) -> None:
+    if resampler not in RESAMPLERS:
+        raise AudioError(
+            f"resampler must be one of {', '.join(map(repr, RESAMPLERS))}; got {resampler!r}."
+        )
 
 
 def _check_max_seconds(max_seconds: Any) -> float | None:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .audio import AudioSource, load_audio
+from .audio import RESAMPLERS, AudioSource, Resampler, load_audio
 from .errors import AudioError, CheckpointError, UnitError
 from .hubert import DEFAULT_HUBERT, load_hubert
 from .kernels import merge_repeats, quantize
@@ -179,6 +179,10 @@ class UnitTokenizer:
     _centroids: torch.Tensor
     _centroid_sq_norms: torch.Tensor
 
+    resampler: Resampler = "soxr"
+    """How :meth:`encode` converts other rates to :attr:`sampling_rate`: the method the
+    tokenizer's k-means was fitted on (see :func:`speechgpt_agent.audio.resample`)."""
+
     @property
     def sampling_rate(self) -> int:
         """Rate (Hz) that input audio is resampled to."""
@@ -209,13 +213,15 @@ class UnitTokenizer:
         Args:
             audio: anything :func:`speechgpt_agent.audio.load_audio` accepts (path, bytes,
                 base64, file object, or an array with ``sample_rate``); decoded, mixed to
-                mono and resampled to :attr:`sampling_rate`.
+                mono (channels averaged) and resampled to :attr:`sampling_rate` with
+                :attr:`resampler`.
             sample_rate: rate (Hz) of an array ``audio``.
 
         Raises:
             AudioError: unusable audio (see ``load_audio``), or too short for one frame.
         """
-        samples = load_audio(audio, sample_rate, target_rate=self.sampling_rate)
+        samples = load_audio(audio, sample_rate, target_rate=self.sampling_rate,
+                             resampler=self.resampler)
         return self._encode_samples(samples)
 
     def encode_batch(
@@ -257,7 +263,8 @@ class UnitTokenizer:
                 for index in range(len(sources)):
                     while submitted < len(sources) and len(pending) < batch_size:
                         pending.append(pool.submit(load_audio, sources[submitted], sample_rate,
-                                                   target_rate=self.sampling_rate))
+                                                   target_rate=self.sampling_rate,
+                                                   resampler=self.resampler))
                         submitted += 1
                     try:
                         results.append(self._encode_samples(pending.popleft().result()))
@@ -288,10 +295,15 @@ class SpeechTokenizer(UnitTokenizer):
         centroids: ``[K, D]`` k-means centroids, ``D`` the model's hidden size.
         layer: 1-based transformer layer whose output is quantised (SpeechGPT: 11).
         max_chunk_samples: samples per model call (fairseq's ``max_chunk``).
+        resampler: how audio at other rates is brought to 16 kHz. ``"torchaudio"``
+            (default): the windowed sinc of ``torchaudio.functional.resample`` with its
+            defaults, which SpeechGPT's ``speech2unit`` used and mHuBERT's k-means was
+            fitted on (libsoxr's steeper filter changes 8-10 % of the units of 22.05, 44.1
+            and 8 kHz speech); ``"soxr"``: libsoxr HQ.
 
     Raises:
-        ValueError: ``layer`` outside ``1..num_layers``, or chunks shorter than the
-            receptive field.
+        ValueError: ``layer`` outside ``1..num_layers``, chunks shorter than the
+            receptive field, or an unknown ``resampler``.
         CheckpointError: centroids that do not fit the model.
     """
 
@@ -303,7 +315,11 @@ class SpeechTokenizer(UnitTokenizer):
         *,
         layer: int = 11,
         max_chunk_samples: int = DEFAULT_MAX_CHUNK_SAMPLES,
+        resampler: Resampler = "torchaudio",
     ) -> None:
+        if resampler not in RESAMPLERS:
+            raise ValueError(f"resampler must be one of {RESAMPLERS}, got {resampler!r}.")
+        self.resampler = resampler
         num_layers = len(model.encoder.layers)
         if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers:
             raise ValueError(f"layer must be between 1 and {num_layers} (the model's transformer "
@@ -341,6 +357,7 @@ class SpeechTokenizer(UnitTokenizer):
         dtype: torch.dtype = torch.float32,
         trust_pickle: bool = False,
         max_chunk_samples: int = DEFAULT_MAX_CHUNK_SAMPLES,
+        resampler: Resampler = "torchaudio",
     ) -> SpeechTokenizer:
         """Load HuBERT and k-means (local paths or hub ids).
 
@@ -356,6 +373,7 @@ class SpeechTokenizer(UnitTokenizer):
             trust_pickle: allow the joblib k-means pickle (it can run code); without it,
                 convert once with ``speechgpt-agent convert kmeans``.
             max_chunk_samples: samples per model call.
+            resampler: ``"torchaudio"`` (default, the original's) or ``"soxr"``; see the class.
 
         ``model="demo"`` returns the embedded demo model's speech tokenizer instead (a
         :class:`~speechgpt_agent.mel_units.MelUnitTokenizer`: MFCC + k-means units, offline).
@@ -379,7 +397,7 @@ class SpeechTokenizer(UnitTokenizer):
             del hubert.encoder.layers[layer:]
             hubert.config.num_hidden_layers = layer
         return cls(hubert, feature_extractor, centroids, layer=layer,
-                   max_chunk_samples=max_chunk_samples)
+                   max_chunk_samples=max_chunk_samples, resampler=resampler)
 
     @property
     def sampling_rate(self) -> int:

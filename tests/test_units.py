@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -160,6 +161,30 @@ def test_encode_accepts_files_and_resamples(tokenizer, tmp_path):
     sf.write(tmp_path / "b.flac", stereo_8k, 8000)
     seq = tokenizer.encode(str(tmp_path / "b.flac"))
     assert len(seq.frames) == (len(clip) - 400) // 320 + 1
+
+
+@pytest.mark.parametrize("clip", ["question_22k_stereo.flac", "numbers_44k_mono.ogg", "weather_8k_mono.wav"])
+def test_other_rates_are_resampled_as_the_original_did(tokenizer, model_dir, clip):
+    """speech2unit resampled with torchaudio's windowed sinc: that is the default here too."""
+    from speechgpt_agent.audio import load_audio
+    from speechgpt_agent.mel_units import MelUnitTokenizer
+
+    path = Path(__file__).parent / "data" / clip
+    assert tokenizer.resampler == "torchaudio"
+    sinc = load_audio(path, resampler="torchaudio")
+    assert tokenizer.encode(path) == tokenizer._encode_samples(sinc)
+    assert tokenizer.encode_batch([path]) == [tokenizer.encode(path)]
+    soxr_tokenizer = SpeechTokenizer.from_pretrained(model_dir, layer=2, device="cpu", trust_pickle=True,
+                                                     resampler="soxr")
+    soxr_audio = load_audio(path)
+    assert soxr_tokenizer.encode(path) == soxr_tokenizer._encode_samples(soxr_audio)
+    n = min(len(sinc), len(soxr_audio))
+    assert not np.allclose(sinc[:n], soxr_audio[:n], atol=1e-3)  # two different filters
+    # the demo's tokenizer keeps the resampler its k-means was fitted with
+    assert MelUnitTokenizer.resampler == "soxr"
+    with pytest.raises(ValueError, match="resampler"):
+        SpeechTokenizer(tokenizer.model, tokenizer.feature_extractor, tokenizer.centroids, layer=2,
+                        resampler="sinc")
 
 
 def test_encode_batch_equals_encode(tokenizer, tmp_path):
