@@ -378,8 +378,11 @@ class SpeechGPT:
             model, adapter, quantization=quantization, device_map=device_map, dtype=dtype,
             progress=progress, weights=engine == "transformers",
         )
-        eng = default_engine(lm) if engine == "transformers" and not engine_args \
-            else load_engine(engine, lm, **(engine_args or {}))
+        eng_args = dict(engine_args or {})
+        if engine == "vllm" and dtype is not None:
+            eng_args.setdefault("dtype", str(dtype).removeprefix("torch."))
+        eng = default_engine(lm) if engine == "transformers" and not eng_args \
+            else load_engine(engine, lm, **eng_args)
         return cls(lm, loaded.get("speech_tokenizer"), loaded.get("vocoder"),
                    load_speech_tokenizer=loaders["speech_tokenizer"], load_vocoder=loaders["vocoder"],
                    engine=eng)
