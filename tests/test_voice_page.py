@@ -232,6 +232,7 @@ def test_spoken_question_is_answered_aloud_as_it_streams(server, keyed_context):
     assert part["type"] == "input_audio" and part["input_audio"]["format"] == "wav"
     recorded, rate = sf.read(__import__("io").BytesIO(base64.b64decode(part["input_audio"]["data"])))
     assert 0.8 * HOLD_S < recorded.size / rate < 1.05 * HOLD_S and np.abs(recorded).max() > 0.1
+    assert stats["inputPeakLevel"] > 0.2  # the level meter saw the voice
     assert not page.errors
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.page.screenshot(path=str(ARTIFACTS / "voice_page_after_a_turn.png"))

@@ -31,7 +31,7 @@ const ui = {
   calculator: $("tool-calculator"),
 };
 
-const stats = { playedSamples: 0, scheduledSamples: 0, receivedSamples: 0, underruns: 0, turns: 0 };
+const stats = { playedSamples: 0, scheduledSamples: 0, receivedSamples: 0, underruns: 0, turns: 0, inputPeakLevel: 0 };
 const state = {
   model: null, history: [], turns: [], current: null, recording: null, pendingRetry: null,
   ctx: null, worklet: null, player: null, online: null,
@@ -290,6 +290,7 @@ async function startRecording(trigger) {
       for (let i = 0; i < block.length; i++) sum += block[i] * block[i];
       const level = Math.min(1, Math.sqrt(sum / block.length) * 4);
       rec.levels.push(level);
+      stats.inputPeakLevel = Math.max(stats.inputPeakLevel, level);
       ui.talk.style.setProperty("--level", level.toFixed(3));
       drawWave(rec.levels);
       if (rec.frames / rec.rate >= MAX_RECORD_S) stopRecording(rec.trigger);
@@ -340,19 +341,24 @@ async function stopRecording(trigger, { cancel = false } = {}) {
         blob: new Blob([wav], { type: "audio/wav" }) });
 }
 
+/** The level meter: the newest levels next to the button, older ones further out, mirrored. */
 function drawWave(levels) {
   const c = ui.wave;
   const g = c.getContext("2d");
   g.clearRect(0, 0, c.width, c.height);
   const bar = 6;
-  const n = Math.floor(c.width / bar);
-  const shown = levels.slice(-n);
-  g.fillStyle = getComputedStyle(document.body).getPropertyValue("--accent") || "#6ee7b7";
+  const inner = 62; // half the button and its ring
+  const n = Math.floor((c.width / 2 - inner) / bar);
+  const shown = levels.slice(-n).reverse();
+  g.fillStyle = getComputedStyle(document.body).getPropertyValue("--accent").trim() || "#6ee7b7";
   shown.forEach((level, i) => {
     const h = Math.max(2, level * (c.height - 4));
-    const x = c.width - (shown.length - i) * bar;
-    g.fillRect(x + 1, (c.height - h) / 2, bar - 2, h);
+    g.globalAlpha = 1 - (0.75 * i) / n;
+    for (const x of [c.width / 2 + inner + i * bar, c.width / 2 - inner - (i + 1) * bar]) {
+      g.fillRect(x + 1, (c.height - h) / 2, bar - 2, h);
+    }
   });
+  g.globalAlpha = 1;
 }
 
 // --- dropped and chosen files ------------------------------------------------------------------
@@ -426,7 +432,7 @@ function newTurnView(question) {
   bot.append(meta);
   article.append(user, tools, bot);
   ui.log.append(article);
-  article.scrollIntoView({ block: "end", behavior: "smooth" });
+  ui.log.scrollTop = ui.log.scrollHeight;
   return { article, transcript, answer, tools, status, timing };
 }
 
@@ -458,6 +464,13 @@ function renderTiming(turn) {
   if (turn.totalMs !== null) parts.push(`total ${seconds(turn.totalMs)}`);
   if (turn.receivedSamples) parts.push(`${(turn.receivedSamples / PCM_RATE).toFixed(1)} s of speech`);
   turn.view.timing.textContent = parts.join(" · ");
+  follow();
+}
+
+/** Keep the newest exchange in view while it grows, unless the user scrolled up. */
+function follow() {
+  const log = ui.log;
+  if (log.scrollHeight - log.scrollTop - log.clientHeight < 160) log.scrollTop = log.scrollHeight;
 }
 
 function publish() {
@@ -656,6 +669,7 @@ async function streamTurn(body, turn, signal) {
       turn.view.answer.textContent = turn.answer;
       turn.view.answer.classList.remove("pending");
       if (turn.firstAudioMs === null) setStatus(turn, "streaming", "answering…");
+      follow();
     }
     if (delta.audio) {
       if (delta.audio.id) { result.audioId = delta.audio.id; turn.audioId = delta.audio.id; }
@@ -768,6 +782,7 @@ function showTool(turn, call, output) {
   try { args = Object.values(JSON.parse(args)).join(", "); } catch { /* shown raw */ }
   card.append(el("code", "tool-args", args), el("span", "arrow", "→"), el("code", "tool-result", output));
   turn.view.tools.append(card);
+  follow();
   turn.toolCalls.push({ name: call.function.name, arguments: call.function.arguments, result: output });
 }
 
