@@ -169,3 +169,16 @@ def test_tools_run_in_a_tool_node_and_a_text_chatbots_agent(speechgpt, whisper_d
     assert kinds == ["human", "ai", "tool", "ai"]
     assert result["messages"][2].artifact["text"].startswith("a")
     assert result["messages"][-1].content == "The recording says: a."
+
+
+def test_voice_tools_fetch_no_url_and_read_files_only_when_allowed(tmp_path):
+    from speechgpt_agent.integrations.langchain.tools import SpeechToTextTool
+
+    tool = SpeechToTextTool(backend="speechgpt")
+    out = tool.invoke({"audio": "http://127.0.0.1:9/never-fetched.wav"})
+    assert "allow" in str(out).lower() and "url" in str(out).lower()
+    closed = SpeechToTextTool(backend="speechgpt", allow_local_files=False)
+    wav = tmp_path / "x.wav"
+    wav.write_bytes(b"RIFF")
+    out = closed.invoke({"audio": str(wav)})
+    assert "allow_local_files" in str(out) or "local" in str(out).lower()

@@ -74,10 +74,15 @@ def _generation_kwargs(chat: SpeechGPTChat) -> dict[str, Any]:
     }
 
 
-def _load(audio: str) -> np.ndarray:
-    """Decode an audio argument; unusable audio is reported to the model, not raised at it."""
+def _load(audio: str, tool: _VoiceTool) -> np.ndarray:
+    """Decode an audio argument; unusable audio is reported to the model, not raised at it.
+
+    The argument is written by a model (which a user may steer), so URLs are fetched only
+    when the tool allows it (``allow_remote_audio``), and paths read only with
+    ``allow_local_files``."""
     try:
-        return load_audio_reference(audio)
+        return load_audio_reference(audio, allow_remote=tool.allow_remote_audio,
+                                    allow_local=tool.allow_local_files)
     except AudioError as exc:
         raise ToolException(f"cannot use that audio: {exc}") from exc
 
@@ -96,6 +101,12 @@ class _VoiceTool(BaseTool):
     handle_tool_error: bool = True
     """Report failures the model can fix (unreadable audio, no speech produced) back to it as
     the tool's answer (a ``ToolMessage`` with ``status="error"``) instead of raising."""
+    allow_remote_audio: bool = False
+    """Fetch ``http(s)://`` URLs named in the tool's arguments. Off by default: the arguments
+    come from a model, and a fetch it is talked into is a server-side request forgery."""
+    allow_local_files: bool = True
+    """Read local paths and ``file://`` URLs named in the arguments (how an agent passes a
+    recording it was given). Turn off where users can steer the model and files are private."""
 
     async def _arun(self, *args: Any, run_manager: AsyncCallbackManagerForToolRun | None = None,
                     **kwargs: Any) -> Any:
@@ -139,7 +150,7 @@ class SpeechToTextTool(_VoiceTool):
 
     def _run(self, audio: str, language: str | None = None,
              run_manager: CallbackManagerForToolRun | None = None) -> tuple[str, dict[str, Any]]:
-        samples = _load(audio)
+        samples = _load(audio, self)
         duration = samples.size / SAMPLE_RATE
         if self.backend == "speechgpt":
             chat = self.speechgpt or SpeechGPTChat()
@@ -211,7 +222,7 @@ class VoiceTurnTool(_VoiceTool):
 
     def _run(self, audio: str, instruction: str | None = None,
              run_manager: CallbackManagerForToolRun | None = None) -> tuple[str, dict[str, Any]]:
-        samples = _load(audio)
+        samples = _load(audio, self)
         r = self.speechgpt.runtime.chat(instruction or None, samples, sample_rate=SAMPLE_RATE,
                                         **_generation_kwargs(self.speechgpt))
         artifact: dict[str, Any] = {"transcript": r.transcript, "text": r.text, "units": list(r.units),
