@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import contextlib
 import os
 import signal
 import socket
@@ -71,7 +72,8 @@ def server(tmp_path_factory):
            "--threads", "1", "--max-audio-seconds", str(MAX_AUDIO_S), "--max-request-mb", str(MAX_MB),
            "--max-messages", str(MAX_MESSAGES), "--log-level", "warning", *ENGINE_ARGS]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        # its own process group: vLLM's engine core runs in child processes, stopped with it
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + (600 if ENGINE == "vllm" else 180)  # vLLM starts a second process
@@ -89,12 +91,14 @@ def server(tmp_path_factory):
         yield url
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+                pass
+        with contextlib.suppress(ProcessLookupError):  # whatever of its group is left
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
