@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
-import contextlib
 import os
 import signal
 import socket
