@@ -257,6 +257,14 @@ def test_second_turn_sends_the_history(server, keyed_context):
     assert first["audioId"].startswith("audio_")
     history = page.page.evaluate("voicePage.history")
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    # an answer the server no longer holds (it restarted, or the id expired): sent again as text
+    page.page.evaluate("voicePage.history[1].audio.id = 'audio_' + '0'.repeat(32)")
+    _ask_typed(page, "what is the capital of france")
+    third = page.wait_turn(2)
+    assert third["status"] == "done" and third["answer"] == "paris", third
+    assert page.sent[2]["messages"][1] == {"role": "assistant", "audio": {"id": "audio_" + "0" * 32}}
+    assert page.sent[3]["messages"][1] == {"role": "assistant", "content": "twelve"}
+    assert page.page.is_hidden("#notice")
 
 
 def test_a_new_question_interrupts_the_answer_and_cancels_its_generation(server, keyed_context):

@@ -41,9 +41,10 @@ const state = {
 
 class PageError extends Error {
   /** kind: "offline" | "auth" | "server" | "mic-refused" | "mic-missing" | "unsupported" | "input" */
-  constructor(kind, message) {
+  constructor(kind, message, code = null) {
     super(message);
     this.kind = kind;
+    this.code = code; // the server's error.code, if it sent one
   }
 }
 
@@ -157,6 +158,18 @@ function audioContext() {
   return state.ctx;
 }
 
+/** The browser keeps sound off until the user interacts with the page: say so, resume on a click. */
+function checkSound() {
+  const ctx = state.ctx;
+  if (!ctx || ctx.state !== "suspended" || ui.notice.dataset.kind === "sound") return;
+  notify("sound", "The browser holds the answer's sound until you interact with this page: click anywhere to hear it.");
+  const resume = () => {
+    ctx.resume().then(() => clearNotice("sound")).catch(() => {});
+    window.removeEventListener("pointerdown", resume);
+  };
+  window.addEventListener("pointerdown", resume);
+}
+
 class Player {
   constructor(ctx) {
     this.ctx = ctx;
@@ -246,7 +259,7 @@ async function startRecording(trigger) {
   state.recording = rec;
   setBodyState("recording");
   ui.talk.classList.add("active");
-  ui.hint.textContent = "Listening… release to send";
+  ui.hint.textContent = "Opening the microphone…";
   try {
     rec.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
@@ -270,8 +283,12 @@ async function startRecording(trigger) {
   }
   if (state.recording !== rec) { // released (or cancelled) while the microphone opened
     stopTracks(rec);
+    if (performance.now() - rec.started > 1500) { // the browser asked for permission meanwhile
+      notify("input", "The microphone is ready: now hold the button (or Space) while you speak.");
+    }
     return;
   }
+  ui.hint.textContent = "Listening… release to send";
   clearNotice("mic-refused");
   clearNotice("mic-missing");
   rec.rate = ctx.sampleRate;
@@ -537,7 +554,14 @@ async function ask(question) {
   try {
     let result;
     for (let round = 0; ; round++) {
-      result = await streamTurn(requestBody([...messages, ...added]), turn, controller.signal);
+      try {
+        result = await streamTurn(requestBody([...messages, ...added]), turn, controller.signal);
+      } catch (err) {
+        if (!(err instanceof PageError && err.code === "audio_not_found" && state.history.some((m) => m.expiresAt))) throw err;
+        for (const m of state.history) if (m.expiresAt) m.expiresAt = 0; // resend those answers as text
+        messages.splice(0, messages.length, ...historyMessages(), userMessage(question));
+        result = await streamTurn(requestBody([...messages, ...added]), turn, controller.signal);
+      }
       if (!result.toolCalls.length || round >= MAX_TOOL_ROUNDS) break;
       added.push({ role: "assistant", content: result.text || null, tool_calls: result.toolCalls });
       for (const call of result.toolCalls) {
@@ -591,14 +615,18 @@ async function ask(question) {
   }
 }
 
-async function errorMessage(res) {
+async function errorOf(res) {
   try {
     const body = await res.json();
-    if (body && body.error && body.error.message) return body.error.message;
-    return JSON.stringify(body);
+    if (body && body.error && body.error.message) return { message: body.error.message, code: body.error.code };
+    return { message: JSON.stringify(body), code: null };
   } catch {
-    return `${res.status} ${res.statusText}`;
+    return { message: `${res.status} ${res.statusText}`, code: null };
   }
+}
+
+async function errorMessage(res) {
+  return (await errorOf(res)).message;
 }
 
 function authMessage(serverMessage) {
@@ -616,7 +644,10 @@ async function post(body, signal) {
     throw new PageError("offline", `Cannot reach the server at ${location.origin}: is speechgpt-agent serve still running? (${err.message})`);
   }
   if (res.status === 401) throw new PageError("auth", authMessage(await errorMessage(res)));
-  if (!res.ok) throw new PageError("server", `The server could not answer (${res.status}): ${await errorMessage(res)}`);
+  if (!res.ok) {
+    const { message, code } = await errorOf(res);
+    throw new PageError("server", `The server could not answer (${res.status}): ${message}`, code);
+  }
   return res;
 }
 
@@ -641,6 +672,7 @@ async function streamTurn(body, turn, signal) {
     stats.receivedSamples += samples.length;
     turn.receivedSamples += samples.length;
     const start = state.player.play(samples, turn);
+    checkSound();
     if (turn.firstAudioMs === null) {
       turn.firstAudioMs = performance.now() - turn.t0;
       turn.playbackStartMs = turn.firstAudioMs + Math.max(0, start - state.ctx.currentTime) * 1000;
@@ -687,7 +719,14 @@ async function streamTurn(body, turn, signal) {
   };
 
   for (;;) {
-    const { value, done } = await reader.read();
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (err) {
+      if (signal.aborted) throw err;
+      throw new PageError("offline", `The connection to the server was lost during the answer: is speechgpt-agent serve still running? (${err.message})`);
+    }
+    const { value, done } = chunk;
     if (done) break;
     buffered += decoder.decode(value, { stream: true });
     let cut;
