@@ -15,7 +15,17 @@ What the conversion preserves (fairseq ``HubertModel.extract_features``):
   ``layer_norm`` -> a LayerNorm in every block), the feature LayerNorm and projection,
 * the weight-normalised positional convolution (``weight_g``/``weight_v`` stored as such),
 * the transformer layers, post-LN (``layer_norm_first=False``) or pre-LN (``True``),
-* the task's waveform normalisation flag, as ``do_normalize`` of the feature extractor.
+* the task's waveform normalisation flag, as ``do_normalize`` of the feature extractor,
+  and the task's settings themselves as ``fairseq_task`` (``normalize``, ``sample_rate``) in
+  ``config.json``.
+
+Whether the waveform is layer-normed before the model is the fairseq task's ``normalize``
+upstream; a transformers folder says it in ``preprocessor_config.json``'s ``do_normalize``
+(whose transformers default is ``True``). :func:`load_hubert` checks the two against each
+other when both are known (the ``fairseq_task`` record of a folder we converted, or, with
+``trust_pickle=True``, the fairseq checkpoint lying in the folder), and when they disagree
+warns (:class:`HubertConfigWarning`) and follows the checkpoint's task, the input the model
+(and the k-means fitted on its features) was trained on.
 
 Pretraining-only tensors (``label_embs_concat``, ``final_proj``, ``target_glu``) are dropped.
 """
@@ -23,9 +33,11 @@ Pretraining-only tensors (``label_embs_concat``, ``final_proj``, ``target_glu``)
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -88,6 +100,13 @@ _ACTIVATIONS = {
 _PRETRAINING_ONLY = re.compile(r"^(label_embs_concat|final_proj\..*|target_glu\..*)$")
 
 _HUB_ALLOW_PATTERNS = ("*.json", "*.safetensors", "pytorch_model*.bin")
+
+TASK_KEY = "fairseq_task"
+"""``config.json`` key under which :func:`convert_fairseq_hubert` records the fairseq task."""
+
+
+class HubertConfigWarning(UserWarning):
+    """A HuBERT folder's preprocessing settings disagree with its fairseq checkpoint's task."""
 
 
 # --------------------------------------------------------------------------------------
@@ -394,6 +413,10 @@ def convert_fairseq_hubert(
     state = map_fairseq_state_dict(ckpt["model"], config, model.state_dict())
     model.load_state_dict(state, strict=True)
     model.eval()
+    # the task's input settings, kept for load_hubert's check of preprocessor_config.json
+    setattr(model.config, TASK_KEY, {"normalize": bool(task_cfg["normalize"]),
+                                     "sample_rate": int(task_cfg["sample_rate"]),
+                                     "checkpoint": path.name})
 
     out = Path(os.path.expanduser(str(out_dir)))
     out.mkdir(parents=True, exist_ok=True)
@@ -413,6 +436,7 @@ def load_hubert(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    trust_pickle: bool = False,
 ):
     """Load a transformers HuBERT folder (local path or hub id) for inference.
 
@@ -421,11 +445,21 @@ def load_hubert(
             hub id such as ``"voidful/mhubert-base"``.
         device: where to put the model (default: CUDA when available, else CPU).
         dtype: parameter dtype.
+        trust_pickle: when ``config.json`` has no ``fairseq_task`` record but the folder
+            holds the fairseq checkpoint (``mhubert_base_vp_en_es_fr_it3.pt``), unpickle it
+            (inert stand-ins, as in :func:`convert_fairseq_hubert`) to read its task's
+            ``normalize`` for the check below. Without it such a folder is not checked.
 
     Returns:
         ``(model, feature_extractor)``: a ``HubertModel`` in eval mode and the
         ``Wav2Vec2FeatureExtractor`` whose ``do_normalize``/``sampling_rate`` describe the
-        input the model expects (a plain 16 kHz, unnormalised one when the folder has none).
+        input the model expects. A folder without ``preprocessor_config.json`` gets the
+        checkpoint task's settings when known, else a plain 16 kHz unnormalised input.
+
+    Warns:
+        HubertConfigWarning: ``preprocessor_config.json``'s ``do_normalize`` or
+            ``sampling_rate`` disagrees with the fairseq checkpoint's task; the task's value
+            is used (it is what the original fed the model).
 
     Raises:
         ModelNotFoundError: no such folder / hub id, or a folder without a transformers
@@ -474,13 +508,67 @@ def load_hubert(
             f"HuBERT speech encoder: the weights in {folder} lack {len(missing)} tensor(s) of "
             f"the model ({', '.join(sorted(missing)[:8])}{', ...' if len(missing) > 8 else ''})."
         )
+    task, task_source = _checkpoint_task(folder, config, trust_pickle)
     if (folder / "preprocessor_config.json").is_file():
         feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder)
+        if task is not None:
+            _reconcile_with_task(feature_extractor, task, task_source, folder)
     else:
         feature_extractor = Wav2Vec2FeatureExtractor(
-            feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=False
+            feature_size=1,
+            sampling_rate=int(task["sample_rate"]) if task else 16_000,
+            padding_value=0.0,
+            do_normalize=bool(task["normalize"]) if task else False,
         )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device=device, dtype=dtype).eval()
     return model, feature_extractor
+
+
+def _checkpoint_task(folder: Path, config: Any, trust_pickle: bool) -> tuple[dict[str, Any] | None, str]:
+    """The fairseq task's ``normalize``/``sample_rate`` behind a folder, and where they come from.
+
+    From ``config.json``'s ``fairseq_task`` record (written by :func:`convert_fairseq_hubert`);
+    else, with ``trust_pickle``, from the upstream fairseq checkpoint in the folder; else
+    ``(None, "")``.
+    """
+    record = getattr(config, TASK_KEY, None)
+    if isinstance(record, Mapping) and isinstance(record.get("normalize"), bool):
+        source = record.get("checkpoint") or "the fairseq checkpoint"
+        return {"normalize": record["normalize"],
+                "sample_rate": int(record.get("sample_rate", 16_000))}, \
+            f"{folder / 'config.json'} ({TASK_KEY} of {source})"
+    pt = folder / UPSTREAM_CHECKPOINT
+    if trust_pickle and pt.is_file():
+        ckpt = load_torch_checkpoint(pt, trust_pickle=True, what="HuBERT checkpoint")
+        if isinstance(ckpt, Mapping) and (ckpt.get("cfg") is not None or ckpt.get("args") is not None):
+            _, task = _fairseq_sections(ckpt)
+            return {"normalize": bool(task["normalize"]), "sample_rate": int(task["sample_rate"])}, \
+                f"the task of {pt}"
+    return None, ""
+
+
+def _reconcile_with_task(feature_extractor: Any, task: Mapping[str, Any], source: str,
+                         folder: Path) -> None:
+    """Warn about, and follow the task on, settings of preprocessor_config.json that differ."""
+    problems = []
+    if bool(feature_extractor.do_normalize) != task["normalize"]:
+        problems.append(
+            f"do_normalize={json.dumps(bool(feature_extractor.do_normalize))} but the task has "
+            f"normalize={json.dumps(task['normalize'])}")
+        feature_extractor.do_normalize = task["normalize"]
+    if int(feature_extractor.sampling_rate) != task["sample_rate"]:
+        problems.append(
+            f"sampling_rate={feature_extractor.sampling_rate} but the task has "
+            f"sample_rate={task['sample_rate']}")
+        feature_extractor.sampling_rate = task["sample_rate"]
+    if problems:
+        warnings.warn(
+            f"HuBERT speech encoder: {folder / 'preprocessor_config.json'} disagrees with "
+            f"{source}: {'; '.join(problems)}. Using the task's settings, the input the model "
+            "and its k-means were trained on (with normalize, the whole waveform is "
+            "layer-normed first); set them in preprocessor_config.json to silence this.",
+            HubertConfigWarning,
+            stacklevel=3,
+        )

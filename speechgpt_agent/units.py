@@ -371,7 +371,9 @@ class SpeechTokenizer(UnitTokenizer):
             device: default CUDA when available, else CPU.
             dtype: model dtype (features are quantised in float32 whatever it is).
             trust_pickle: allow the joblib k-means pickle (it can run code); without it,
-                convert once with ``speechgpt-agent convert kmeans``.
+                convert once with ``speechgpt-agent convert kmeans``. Also lets
+                :func:`~speechgpt_agent.hubert.load_hubert` read the task of a fairseq
+                checkpoint lying in ``model`` to check ``do_normalize`` against it.
             max_chunk_samples: samples per model call.
             resampler: ``"torchaudio"`` (default, the original's) or ``"soxr"``; see the class.
 
@@ -391,7 +393,8 @@ class SpeechTokenizer(UnitTokenizer):
             return MelUnitTokenizer.from_pretrained(demo_parts().speech_tokenizer)  # type: ignore[return-value]
         # the k-means first: it is small and may refuse (pickle) before the model loads
         centroids = load_centroids(model if kmeans is None else kmeans, trust_pickle=trust_pickle)
-        hubert, feature_extractor = load_hubert(model, device=device, dtype=dtype)
+        hubert, feature_extractor = load_hubert(model, device=device, dtype=dtype,
+                                                trust_pickle=trust_pickle)
         num_layers = len(hubert.encoder.layers)
         if isinstance(layer, int) and 1 <= layer < num_layers:
             del hubert.encoder.layers[layer:]

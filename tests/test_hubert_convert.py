@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from speechgpt_agent.checkpoints import load_torch_checkpoint
 from speechgpt_agent.errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
 from speechgpt_agent.hubert import (
+    UPSTREAM_CHECKPOINT,
+    HubertConfigWarning,
     convert_fairseq_hubert,
     hubert_config_from_fairseq,
     load_hubert,
@@ -189,6 +191,62 @@ def test_preprocessor_config_carries_task_normalize(tmp_path, normalize):
     assert pre["sampling_rate"] == 16000
     _, feature_extractor = load_hubert(out, device="cpu")
     assert feature_extractor.do_normalize is normalize
+
+
+def _set_preprocessor(folder, **values):
+    path = folder / "preprocessor_config.json"
+    pre = json.loads(path.read_text())
+    pre.update(values)
+    path.write_text(json.dumps(pre))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_do_normalize_is_checked_against_the_checkpoint_task(tmp_path, normalize, recwarn):
+    """The fairseq task decides the waveform layer norm; a folder that says otherwise warns."""
+    pt = make_fairseq_hubert_checkpoint(tmp_path / "h.pt", normalize=normalize)
+    out = convert_fairseq_hubert(pt, tmp_path / "hf", trust_pickle=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["fairseq_task"] == {"normalize": normalize, "sample_rate": 16000, "checkpoint": "h.pt"}
+    load_hubert(out, device="cpu")
+    assert not [w for w in recwarn if issubclass(w.category, HubertConfigWarning)]  # they agree
+
+    _set_preprocessor(out, do_normalize=not normalize)  # e.g. transformers' default True
+    with pytest.warns(HubertConfigWarning, match=f"do_normalize={str(not normalize).lower()} but the "
+                                                 f"task has normalize={str(normalize).lower()}"):
+        _, fe = load_hubert(out, device="cpu")
+    assert fe.do_normalize is normalize  # the task wins
+    # the speech tokenizer follows it too: its features are those of the task's input
+    tok = SpeechTokenizer(*load_hubert_quiet(out), np.zeros((1, 32), np.float32), layer=2)
+    assert tok.feature_extractor.do_normalize is normalize
+
+    (out / "preprocessor_config.json").unlink()  # no folder flag: the task's settings
+    _, fe = load_hubert(out, device="cpu")
+    assert fe.do_normalize is normalize and fe.sampling_rate == 16000
+
+
+def load_hubert_quiet(folder):
+    with pytest.warns(HubertConfigWarning):
+        return load_hubert(folder, device="cpu")
+
+
+def test_a_folder_without_the_record_is_checked_against_its_fairseq_checkpoint(tmp_path, recwarn):
+    """Like voidful/mhubert-base: transformers files only; the upstream .pt beside them has the task."""
+    pt = make_fairseq_hubert_checkpoint(tmp_path / UPSTREAM_CHECKPOINT, normalize=False)
+    out = convert_fairseq_hubert(pt, tmp_path / "hf", trust_pickle=True)
+    config = json.loads((out / "config.json").read_text())
+    del config["fairseq_task"]
+    (out / "config.json").write_text(json.dumps(config))
+    _set_preprocessor(out, do_normalize=True)
+    _, fe = load_hubert(out, device="cpu")  # nothing to compare with
+    assert fe.do_normalize is True
+    assert not [w for w in recwarn if issubclass(w.category, HubertConfigWarning)]
+
+    (out / UPSTREAM_CHECKPOINT).write_bytes(pt.read_bytes())
+    _, fe = load_hubert(out, device="cpu")  # the .pt is a pickle: read only with consent
+    assert fe.do_normalize is True
+    with pytest.warns(HubertConfigWarning, match=f"task of .*{UPSTREAM_CHECKPOINT}"):
+        _, fe = load_hubert(out, device="cpu", trust_pickle=True)
+    assert fe.do_normalize is False
 
 
 def test_fairseq_pickle_needs_consent(tmp_path):
