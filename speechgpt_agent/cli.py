@@ -560,8 +560,9 @@ def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
         description="Builds a tiny model set with random weights in the released formats "
         "(SpeechGPT LLM + LoRA, fairseq mHuBERT + joblib k-means converted, fairseq CodeHiFiGAN), "
         "loads it through the real loaders (LLM in NF4), and runs one spoken turn: audio -> units "
-        "-> LLM -> streamed answer -> streaming vocoder. The answer is gibberish (random weights); "
-        "the check is that every stage runs and streams.",
+        "-> LLM -> streamed answer -> streaming vocoder. Random weights choose no answer, so the "
+        "answer's tokens are steered to a fixed spoken one; the check fails (exit status 1) unless "
+        "its units come back from the parser, reach the streaming vocoder and come out as audio.",
     )
     p.add_argument("--dir", default=None, help="where to build the tiny models (default: a cache folder)")
     p.add_argument("--audio", default=None, help="the spoken question (default: a bundled clip)")
@@ -573,12 +574,14 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     import os
     import time
 
+    import numpy as np
     import torch
 
     from .audio import write_wav
     from .model import GenerationOptions
     from .pipeline import SpeechGPT, time_turn
     from .testing.model_set import make_tiny_model_set
+    from .testing.steer import ForceAnswer, answer_ids
 
     torch.set_num_threads(1)  # bitsandbytes' CPU NF4 kernels scale badly with threads on small models
     folder = args.dir or os.path.join(os.path.expanduser("~"), ".cache", "speechgpt-agent", "selfcheck")
@@ -589,16 +592,18 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     runtime = SpeechGPT.from_pretrained(models.model, models.adapter, speech_tokenizer=models.speech_tokenizer,
                                         vocoder=models.vocoder, progress=False)
     t2 = time.perf_counter()
-    timing = time_turn(lambda: runtime.stream(audio=audio, seed=0, options=GenerationOptions(max_new_tokens=120)))
+    # Random weights would rarely write a well-formed spoken answer, so the answer's tokens
+    # are steered (a logits processor, as an application's constraint would be): the LLM
+    # still runs every step, and its tokens go through the parser, the streaming vocoder
+    # and into the wav as any answer's do.
+    units = list(range(7, 1000, 20))  # 50 units across the codebook
+    answer = "a check; [ta] a check.; [ua] <sosp>" + "".join(f"<{u}>" for u in units) + "<eosp><eoa>"
+    forced = answer_ids(runtime.model, answer)
+    timing = time_turn(lambda: runtime.stream(
+        audio=audio, seed=0, options=GenerationOptions(max_new_tokens=len(forced) + 8),
+        logits_processors=[ForceAnswer(forced, runtime.model.eos_id)]))
     response, first_text, first_audio, total = (timing.response, timing.first_text_s, timing.first_audio_s,
                                                 timing.total_s)
-    # the vocoder path, streamed, on the question's own units
-    stream = runtime.vocoder.stream()
-    resynth = [stream.push([u]) for u in response.input_units] + [stream.flush()]
-    import numpy as np
-
-    written = np.concatenate(resynth) if response.audio is None else response.audio
-    path = write_wav(args.output, written, runtime.vocoder.sample_rate)
     lm = runtime.model.describe()
     print(f"model set built in {folder} ({t1 - t0:.1f} s); loaded in {t2 - t1:.1f} s "
           f"(LLM {lm.get('quantization')}, {lm.get('memory_footprint', '?')} bytes)")
@@ -607,11 +612,24 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
           f"first text at {first_text if first_text is None else round(first_text, 3)} s, "
           f"first audio at {first_audio if first_audio is None else round(first_audio, 3)} s; "
           f"{len(response.units)} answer units")
-    print(f"wrote {path} ({'answer' if response.audio is not None else 'question re-synthesized'}, "
-          f"{len(written) / runtime.vocoder.sample_rate:.2f} s)")
+    problems = []
+    if not response.input_units:
+        problems.append("the question gave no speech units")
+    if list(response.units) != units:
+        problems.append(f"the answer's {len(units)} units came back as {len(response.units)} "
+                        f"({list(response.units)[:8]}...)")
+    if first_audio is None:
+        problems.append("no audio chunk came out of the streaming vocoder while the answer streamed")
+    if response.audio is None or not response.audio.size or not np.isfinite(response.audio).all():
+        problems.append("the turn's spoken answer has no (finite) audio")
+    if problems:
+        print("selfcheck FAILED: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    path = write_wav(args.output, response.audio, response.sample_rate)
+    print(f"spoken answer: {len(response.units)} units -> streaming vocoder -> first audio at "
+          f"{first_audio:.3f} s, {len(response.audio) / response.sample_rate:.2f} s of audio in {path}")
     print("selfcheck OK: every stage loaded from the released formats and ran (random weights: the words mean nothing)")
     return 0
-
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from speechgpt_agent.cli import main
+from speechgpt_agent.demo import DEMO_DIR
+
+DEMO_CLIPS = Path(__file__).parent / "data" / "demo"
+DEMO_ARGS = ["--model", "demo", "--quantization", "none", "--top-k", "1", "--max-new-tokens", "300"]
+"""The embedded demo model, greedy (top-k 1): a model that can hear, answer and speak."""
+needs_demo = pytest.mark.skipif(not (DEMO_DIR / "llm").is_dir(), reason="the demo model is not exported")
+
+
+def assert_speech(path: Path, *, seconds: float) -> None:
+    """``path`` is a 16 kHz mono wav of ``seconds`` (to the printed 0.01 s) of non-silent audio."""
+    audio, sr = sf.read(path)
+    assert sr == 16000 and audio.ndim == 1 and audio.size > 0 and np.isfinite(audio).all()
+    assert abs(audio.size / sr - seconds) <= 0.006 and np.abs(audio).max() > 1e-3
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -55,14 +70,18 @@ def test_vocode_out_of_range_unit_is_a_clean_error(tiny_model_set, tmp_path, cap
     assert code == 2 and "error" in err and not (tmp_path / "x.wav").exists()
 
 
-def test_chat_one_spoken_turn(tiny_model_set, clips, tmp_path, capsys, one_thread):
+@needs_demo
+def test_chat_one_spoken_turn(tmp_path, capsys, one_thread):
     out = tmp_path / "answer.wav"
-    code, stdout, err = run(capsys, "chat", "--audio", str(clips["hello_16k_mono.wav"]["path"]),
-                            "-o", str(out), *model_args(tiny_model_set))
+    code, stdout, err = run(capsys, "chat", "--audio", str(DEMO_CLIPS / "what_is_ten_plus_seven.wav"),
+                            "-o", str(out), *DEMO_ARGS)
     assert code == 0
+    assert "Transcript: " in stdout and "\nAnswer: " in stdout
     assert "prompt +" in err and "answer tokens" in err
-    if "Speech answer:" in stdout:
-        assert sf.info(str(out)).samplerate == 16000
+    spoken = re.search(rf"Speech answer: {re.escape(str(out))} \(([\d.]+) s, (\d+) units\)", stdout)
+    assert spoken, stdout  # the spoken part of the turn is required, not optional
+    assert_speech(out, seconds=float(spoken.group(1)))
+    assert int(spoken.group(2)) > 0
 
 
 def test_chat_interactive_session(tiny_model_set, monkeypatch, tmp_path, capsys, one_thread):
@@ -74,12 +93,23 @@ def test_chat_interactive_session(tiny_model_set, monkeypatch, tmp_path, capsys,
     assert err.count("answer tokens]") == 2
 
 
-def test_transcribe_and_speak(tiny_model_set, clips, tmp_path, capsys, one_thread):
-    code, stdout, _ = run(capsys, "transcribe", str(clips["hello_16k_mono.wav"]["path"]), *model_args(tiny_model_set))
-    assert code == 0 and stdout.startswith(str(clips["hello_16k_mono.wav"]["path"]) + "\t")
-    code, stdout, err = run(capsys, "speak", "Hello there.", "-o", str(tmp_path / "s.wav"), *model_args(tiny_model_set))
-    # a random model may or may not emit units; either outcome is reported, never a traceback
-    assert (code == 0 and (tmp_path / "s.wav").exists()) or (code == 1 and "no speech units" in err)
+@needs_demo
+def test_transcribe_and_speak(tmp_path, capsys, one_thread):
+    # the held-out voice asking questions never heard in training (tests/data/demo/clips.json)
+    names = ["what_is_eight_plus_five.wav", "what_is_ten_plus_seven.wav", "what_is_nine_minus_three.wav"]
+    code, stdout, _ = run(capsys, "transcribe", *(str(DEMO_CLIPS / n) for n in names), *DEMO_ARGS)
+    assert code == 0
+    heard = dict(line.split("\t", 1) for line in stdout.splitlines())
+    assert list(heard) == [str(DEMO_CLIPS / n) for n in names]
+    right = [heard[str(DEMO_CLIPS / n)] == n.removesuffix(".wav").replace("_", " ") for n in names]
+    assert sum(right) >= 2, heard  # all 3 with the shipped model; one below, as in test_demo.py
+
+    wav = tmp_path / "s.wav"
+    code, stdout, err = run(capsys, "speak", "seven", "-o", str(wav), *DEMO_ARGS)
+    assert code == 0, err  # "the model gave no speech units" is a failure here
+    spoken = re.fullmatch(rf"wrote {re.escape(str(wav))} \(([\d.]+) s\)\n", stdout)
+    assert spoken, stdout
+    assert_speech(wav, seconds=float(spoken.group(1)))
 
 
 def test_info(tiny_model_set, capsys, one_thread):
@@ -114,10 +144,17 @@ def test_convert_commands(tmp_path, capsys):
 
 
 def test_selfcheck(tmp_path, capsys, one_thread):
-    code, stdout, _ = run(capsys, "selfcheck", "--dir", str(tmp_path / "set"), "-o", str(tmp_path / "a.wav"))
-    assert code == 0 and "selfcheck OK" in stdout
-    audio, sr = sf.read(tmp_path / "a.wav")
-    assert sr == 16000 and audio.size > 0 and np.isfinite(audio).all()
+    out = tmp_path / "a.wav"
+    code, stdout, err = run(capsys, "selfcheck", "--dir", str(tmp_path / "set"), "-o", str(out))
+    assert code == 0, err
+    # printed only when the answer's units came back from the parser, reached the streaming
+    # vocoder while the answer streamed, and the turn's audio is finite
+    spoken = re.search(r"spoken answer: (\d+) units -> streaming vocoder -> first audio at ([\d.]+) s, "
+                       rf"([\d.]+) s of audio in {re.escape(str(out))}\n", stdout)
+    assert spoken, stdout
+    assert int(spoken.group(1)) == 50 and 0 < float(spoken.group(2))
+    assert "selfcheck OK" in stdout
+    assert_speech(out, seconds=float(spoken.group(3)))
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["chat", "--help"], ["units", "--help"]])
