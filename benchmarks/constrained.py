@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import environment, print_table, write_json
 
 RESULTS = Path(__file__).parent / "results" / "constrained.json"

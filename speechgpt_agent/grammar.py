@@ -92,6 +92,7 @@ _UNSUPPORTED_REGEX = re.compile(r"\(\?[=!<]|\\[1-9]")  # lookaround, backreferen
 # accepts overlong and surrogate UTF-8 byte sequences, which decode to U+FFFD garbage.
 _BOUNDED_CHAR = "[ -!#-;=-Z\\]-~\u00a0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 _SPACE = 1  # most consecutive whitespace characters inside constrained JSON
+_TRANSCRIPT_TOKENS = 120  # most tokens of the free transcript before a constrained text part
 
 
 class GrammarError(SpeechGPTError, ValueError):
@@ -113,7 +114,8 @@ class Grammar:
             ``"structural_tag"`` (``source`` is an xgrammar / vLLM structural tag in JSON:
             free text, constrained tags, sequences ...) or ``"ebnf"`` (``source`` is an EBNF
             grammar in xgrammar's / GBNF syntax, ``root`` is the start rule).
-        source: the text of the grammar, canonical (sorted keys), so equal grammars have
+        source: the text of the grammar, compact JSON for the JSON kinds (keys in their
+            given order: properties are generated in schema order), so equal grammars have
             equal sources and share a compiled grammar.
         description: what it constrains, in words (for error messages and logs).
 
@@ -205,7 +207,8 @@ class Grammar:
 
 
 def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    # keys keep their order: a schema's property order is the order the JSON is written in
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 # --- JSON schemas ---------------------------------------------------------------------------------
@@ -312,7 +315,10 @@ def _lead(lead: Lead) -> dict[str, Any]:
     if lead == "text":
         return ta
     if lead == "spoken":  # the transcript (possibly empty: a question of text and speech)
-        return _seq(_any_text(TA, UA, EOA, "{"), _regex(r"; ?\[ta\] ?|\[ta\] ?"))
+        # no "<" (a transcript never holds one: the model cannot end the answer here with
+        # <eoa>) and at most _TRANSCRIPT_TOKENS tokens, then "; [ta]" is the only way on
+        transcript = {**_any_text(TA, UA, "<", "{"), "max_tokens": _TRANSCRIPT_TOKENS}
+        return _seq(transcript, _regex(r"; ?\[ta\] ?|\[ta\] ?"))
     raise GrammarError(f"lead must be 'text' or 'spoken', got {lead!r}.")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -51,8 +52,8 @@ def test_a_spoken_question_with_a_demanded_call_gives_a_valid_call(demo_chat, ca
 
     chat = demo_chat.bind_tools([calculator], tool_choice="any")
     clip = DATA / "what_is_eight_plus_five.wav"
-    ai = chat.invoke([HumanMessage([{"type": "audio", "url": clip.resolve().as_uri(),
-                                     "mime_type": "audio/wav"}])])
+    data = base64.b64encode(clip.read_bytes()).decode()
+    ai = chat.invoke([HumanMessage([{"type": "audio", "base64": data, "mime_type": "audio/wav"}])])
     assert [c["name"] for c in ai.tool_calls] == ["calculator"] and not ai.invalid_tool_calls, ai
     jsonschema.validate(ai.tool_calls[0]["args"], calculator_schema)
     assert ai.response_metadata["transcript"].strip()  # the transcript stayed free
