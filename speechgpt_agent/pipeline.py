@@ -496,14 +496,15 @@ class SpeechGPT:
                          else audio_chunk_units)
 
     def _run(self, turn: _Turn, tokens: Any, output: Output, chunk_units: int) -> Iterator[StreamEvent]:
-        speak = output != "text" and self.vocoder is not None
-        if output == "speech" and self.vocoder is None:
+        vocoder = self.vocoder if output != "text" else None  # a text answer loads no vocoder
+        speak = vocoder is not None
+        if output == "speech" and vocoder is None:
             raise SpeechGPTError("output='speech' needs a vocoder: load SpeechGPT with vocoder=....")
         parser = self.model.stream_parser(first_segment=turn.first_segment, single_part=turn.single_part)
-        sample_rate = self.vocoder.sample_rate if self.vocoder is not None else SAMPLE_RATE
+        sample_rate = vocoder.sample_rate if vocoder is not None else SAMPLE_RATE
         audio_parts: list[np.ndarray] = []
 
-        feed = _VocoderFeed(self.vocoder.stream(), chunk_units) if speak else None
+        feed = _VocoderFeed(vocoder.stream(), chunk_units) if speak else None
 
         def handle(event: Any) -> Iterator[StreamEvent]:
             yield event

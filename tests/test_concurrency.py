@@ -125,3 +125,34 @@ def test_langchain_streams_do_not_block_each_other(alone):
     pairs = list(zip(chat.stream("what is four times two"), chat.stream("what colour is the sky")))
     assert pairs
 
+
+
+def test_parts_load_when_first_needed():
+    from speechgpt_agent.pipeline import SpeechGPT
+
+    sg = SpeechGPT.from_pretrained(DEMO_NAME, quantization=None, progress=False)
+    assert sg.loaded_parts() == {"speech_tokenizer": False, "vocoder": False}
+    assert sg.chat("what is two plus three", options=GREEDY, output="text").text.strip() == "five"
+    assert sg.loaded_parts() == {"speech_tokenizer": False, "vocoder": False}  # text in, text out
+    spoken = sg.chat(audio=QUESTION, options=GREEDY)
+    assert spoken.audio is not None and sg.loaded_parts() == {"speech_tokenizer": True, "vocoder": True}
+
+
+def test_interpreter_exit_with_a_turn_in_flight_is_clean(tmp_path):
+    """A daemon worker still inside a torch op at interpreter teardown aborts the process
+    ("terminate called without an active exception"); the engine stops it at exit."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_mid_turn.py"
+    script.write_text(
+        "from speechgpt_agent.pipeline import SpeechGPT\n"
+        "from speechgpt_agent.model import GenerationOptions\n"
+        "sg = SpeechGPT.from_pretrained('demo', quantization=None, progress=False)\n"
+        "it = sg.stream('what colour is the sky', output='text',\n"
+        "               options=GenerationOptions(max_new_tokens=400, min_new_tokens=400))\n"
+        "next(it)\n"
+        "print('exiting', flush=True)\n")
+    for _ in range(3):
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "exiting" in done.stdout, done.stderr[-2000:]

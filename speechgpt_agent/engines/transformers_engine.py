@@ -14,10 +14,12 @@ closed or garbage-collected stream is dropped at the worker's next step.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import itertools
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,16 @@ if TYPE_CHECKING:
     from ..model import GenerationOptions, SpeechGPTModel
 
 __all__ = ["TransformersEngine", "validate_prompt_ids"]
+
+_working: weakref.WeakSet[TransformersEngine] = weakref.WeakSet()
+"""Engines that started a worker thread, stopped at interpreter exit."""
+
+
+@atexit.register
+def _stop_workers() -> None:
+    for engine in list(_working):
+        if engine._thread is not None:
+            engine.shutdown()
 
 
 @functools.cache
@@ -247,11 +259,15 @@ class TransformersEngine(Engine):
         return stream
 
     def shutdown(self) -> None:
+        """Cancel every turn in flight (their streams raise :class:`EngineError`) and stop
+        the worker thread after its current step. Also run at interpreter exit: a daemon
+        thread still inside a torch op while the interpreter tears down aborts the process."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
 
     # -- the worker --
 
@@ -263,6 +279,7 @@ class TransformersEngine(Engine):
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._work, name="speechgpt-engine", daemon=True)
             self._thread.start()
+            _working.add(self)
 
     def _finish(self, turn: _Turn, reason: FinishReason, exc: BaseException | None = None) -> None:
         channel = turn.channel
