@@ -447,6 +447,7 @@ class SpeechGPT:
         logits_processors: Sequence[Any] = (),
         audio_chunk_units: int | None = None,
         grammar: Any = None,
+        stop_event: threading.Event | None = None,
     ) -> Iterator[StreamEvent]:
         """Run one turn, yielding events as the model generates.
 
@@ -470,6 +471,9 @@ class SpeechGPT:
             grammar: a :class:`~speechgpt_agent.grammar.Grammar` the answer must follow; each
                 engine applies it its own way (a logits processor in transformers, structured
                 outputs in vLLM), with the same grammar.
+            stop_event: set it (from any thread) to end the answer before its next token as
+                if the model had stopped: the text and speech so far complete normally
+                (``finish_reason="stop"``). For a caller that saw what it wanted.
             audio_chunk_units: units handed to the streaming vocoder at a time after the
                 first chunk (default 16 = about 0.5 s of speech). The first chunk goes as
                 soon as the vocoder's look-ahead is covered; smaller values lower the
@@ -491,7 +495,8 @@ class SpeechGPT:
         turn = self._prepare(text, audio, sample_rate, task, history, system, opts)
         input_ids = self.model.encode_prompt(turn.prompt)
         tokens = self.engine.generate(input_ids, opts, seed=seed, stop_strings=(EOA,),
-                                      logits_processors=logits_processors, grammar=grammar)
+                                      logits_processors=logits_processors, grammar=grammar,
+                                      stop_event=stop_event)
         return self._run(turn, tokens, output, DEFAULT_AUDIO_CHUNK_UNITS if audio_chunk_units is None
                          else audio_chunk_units)
 

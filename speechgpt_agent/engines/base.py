@@ -241,6 +241,7 @@ class Engine(ABC):
         logits_processors: Sequence[Any] = (),
         grammar: Any = None,
         adapter: bool = True,
+        stop_event: threading.Event | None = None,
     ) -> TokenStream:
         """Start generating the continuation of ``prompt_ids``.
 
@@ -255,6 +256,9 @@ class Engine(ABC):
             grammar: a :class:`~speechgpt_agent.grammar.Grammar` constraining the output,
                 or ``None``.
             adapter: apply the loaded LoRA adapter (``False``: the base model alone).
+            stop_event: once set (from any thread), the generation ends before its next
+                token as if the model had stopped (``finish_reason == "stop"``): for a
+                caller that has seen what it wanted (a complete tool call, a stop sequence).
 
         Raises:
             ValueError: empty prompt, ids outside the vocabulary, bad options.

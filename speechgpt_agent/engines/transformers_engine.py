@@ -112,7 +112,8 @@ class _Turn:
 
     def __init__(self, engine: TransformersEngine, prompt: torch.Tensor, options: GenerationOptions,
                  generator: torch.Generator, stop: StopStringMatcher, max_new_tokens: int,
-                 extra_processors: Sequence[Any], adapter: bool) -> None:
+                 extra_processors: Sequence[Any], adapter: bool,
+                 stop_event: threading.Event | None = None) -> None:
         from transformers.cache_utils import DynamicCache
 
         model = engine.model
@@ -123,6 +124,7 @@ class _Turn:
         self.max_new = max_new_tokens
         self.extra = tuple(extra_processors)
         self.adapter = adapter
+        self.stop_event = stop_event
         self.processors: Any = None  # built at the first step, on the logits' device
         self.cache: Any = DynamicCache(config=model.model.config)
         self.sequence = prompt
@@ -142,7 +144,7 @@ class _Turn:
 
     def step(self) -> tuple[int | None, FinishReason | None]:
         """One forward pass: ``(token, None)`` or ``(None, finish_reason)``."""
-        if self.stop_after_last:
+        if self.stop_after_last or (self.stop_event is not None and self.stop_event.is_set()):
             return None, "stop"
         if len(self.generated) >= self.max_new:
             return None, "length"
@@ -223,6 +225,7 @@ class TransformersEngine(Engine):
         logits_processors: Sequence[Any] = (),
         grammar: Any = None,
         adapter: bool = True,
+        stop_event: threading.Event | None = None,
     ) -> TokenStream:
         from ..model import GenerationOptions
 
@@ -248,7 +251,7 @@ class TransformersEngine(Engine):
             generator.manual_seed(int(seed))
         stop = StopStringMatcher(tuple(stop_strings), self.model.tokenizer.decode)
         turn = _Turn(self, ids.to(self.model.device), opts, generator, stop,
-                     min(opts.max_new_tokens, room), procs, adapter)
+                     min(opts.max_new_tokens, room), procs, adapter, stop_event)
         stream = TokenStream(turn.prompt_tokens, turn.cancel)
         stream.channel._on_consume = self._wake
         turn.channel = stream.channel
@@ -301,8 +304,9 @@ class TransformersEngine(Engine):
                     for turn in live:
                         self._finish(turn, "cancelled", EngineError("the engine was shut down."))
                     return
-                runnable = [t for t in live if t.cancelled.is_set()
-                            or t.channel is None or t.channel.backlog < self.max_ahead]
+                runnable = [t for t in live if t.cancelled.is_set() or t.channel is None
+                            or t.channel.backlog < self.max_ahead
+                            or (t.stop_event is not None and t.stop_event.is_set())]
                 if not live:
                     # idle: wait for a turn, and let the thread go after a while so an unused
                     # engine (and its model) can be freed

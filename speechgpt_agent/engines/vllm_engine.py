@@ -218,6 +218,7 @@ class VLLMEngine(Engine):
         logits_processors: Sequence[Any] = (),
         grammar: Any = None,
         adapter: bool = True,
+        stop_event: threading.Event | None = None,
     ) -> TokenStream:
         from ..model import GenerationOptions
 
@@ -248,11 +249,12 @@ class VLLMEngine(Engine):
 
         stream = TokenStream(len(prompt), cancel, channel)
         self._call(self._run(request_id, prompt, params, self._lora if adapter else None,
-                             channel, stop, cancelled))
+                             channel, stop, cancelled, stop_event))
         return stream
 
     async def _run(self, request_id: str, prompt: list[int], params: Any, lora: Any,
-                   channel: _Channel, stop: StopStringMatcher, cancelled: threading.Event) -> None:
+                   channel: _Channel, stop: StopStringMatcher, cancelled: threading.Event,
+                   stop_event: threading.Event | None = None) -> None:
         generated: list[int] = []
         reason: FinishReason | None = None
         finished = False
@@ -263,9 +265,15 @@ class VLLMEngine(Engine):
                 if cancelled.is_set():
                     reason = "cancelled"
                     break
+                if stop_event is not None and stop_event.is_set():
+                    reason = "stop"
+                    break
                 finished = out.finished
                 completion = out.outputs[0]
                 for tid in completion.token_ids:
+                    if stop_event is not None and stop_event.is_set():
+                        reason = "stop"
+                        break
                     if tid in self.model.eos_ids:
                         reason = "stop"
                         break

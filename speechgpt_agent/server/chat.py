@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import json
 import threading
 import time
@@ -375,9 +374,10 @@ def plan_turn(req: ChatCompletionRequest, runtime: Any, config: ServerConfig, st
 
 
 class StopAfterThis:
-    """Logits processor forcing eos once :meth:`set` was called (a stop sequence or a complete
-    tool call / JSON answer was seen: what follows is not wanted, so it is not generated or
-    vocoded). The same rule as ``SpeechGPTChat``'s."""
+    """Ends the answer once :meth:`set` was called (a stop sequence or a complete tool call /
+    JSON answer was seen: what follows is not wanted, so it is not generated or vocoded):
+    through the engine's ``stop_event`` on any engine, or as a logits processor forcing eos
+    (embedded engine). The same rule as ``SpeechGPTChat``'s."""
 
     def __init__(self, eos_id: int) -> None:
         self.eos_id = eos_id
@@ -385,6 +385,11 @@ class StopAfterThis:
 
     def set(self) -> None:
         self._event.set()
+
+    @property
+    def event(self) -> threading.Event:
+        """Set by :meth:`set`: the engine's ``stop_event`` for the turn."""
+        return self._event
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if not self._event.is_set():
@@ -432,19 +437,10 @@ def answer_grammar(turn: ChatTurn) -> Any:
 def stream_kwargs(turn: ChatTurn, runtime: Any) -> tuple[dict[str, Any], StopAfterThis]:
     """Arguments of :meth:`SpeechGPT.astream` for ``turn``, and its early-stop processor.
 
-    A grammar goes to the engine (``grammar=``) where ``SpeechGPT.stream`` takes one, else
-    as a logits processor of the embedded engine; the early stop comes after it.
+    The grammar goes to the engine (``grammar=``), which applies it its own way; the early
+    stop is the engine's ``stop_event``, so both work on every engine.
     """
     stopper = StopAfterThis(runtime.model.eos_id)
-    grammar = answer_grammar(turn)
-    extra: dict[str, Any] = {}
-    processors: list[Any] = []
-    if grammar is not None:
-        if "grammar" in inspect.signature(runtime.stream).parameters:
-            extra["grammar"] = grammar
-        else:
-            processors.append(grammar.logits_processor(runtime.model))
-    processors.append(stopper)
     return {
         "text": turn.text,
         "audio": turn.audio,
@@ -454,8 +450,8 @@ def stream_kwargs(turn: ChatTurn, runtime: Any) -> tuple[dict[str, Any], StopAft
         "output": "both" if turn.speak else "text",
         "options": turn.options,
         "seed": turn.seed,
-        "logits_processors": processors,
-        **extra,
+        "grammar": answer_grammar(turn),
+        "stop_event": stopper.event,
     }, stopper
 
 
