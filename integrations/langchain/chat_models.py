@@ -252,6 +252,11 @@ class _Request:
         answer = _Answer(self, _StopAfterThis(runtime.model.eos_id), streaming=streaming)
         processors = [factory() for factory in self.chat.logits_processors]
         stream_kwargs = dict(self.stream_kwargs)
+        if getattr(runtime.engine, "name", "transformers") != "transformers":
+            # an engine without transformers logits processors (vLLM) takes the grammar and
+            # the early stop as such (structured outputs; an aborted request)
+            stream_kwargs.update(grammar=self.grammar, stop_event=answer.stopper._event)
+            return {**stream_kwargs, "logits_processors": processors}, answer
         if self.grammar is not None:
             # compiled (cached) before generation starts, so a bad schema raises here; top-k
             # and top-p filter after the grammar's mask, not before it
