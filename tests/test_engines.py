@@ -222,3 +222,29 @@ def test_langchain_chat_model_on_each_engine(name, expected):
     assert "".join(c.text for c in chat.stream(q)).strip() == texts[q].strip()
     if name == "vllm":
         chat.runtime.engine.shutdown()
+
+
+def test_the_same_constrained_answer_on_every_engine(sg, reference):
+    """One grammar, both engines (a logits processor in transformers, vLLM's structured
+    outputs): a forced calculator call, greedy, is the same call on each."""
+    import json
+
+    from speechgpt_agent.grammar import json_answer_grammar, tool_call_grammar
+    from speechgpt_agent.integrations.langchain.calculator import calculator
+    from speechgpt_agent.integrations.langchain.tool_calling import tool_specs
+
+    grammar = tool_call_grammar(tool_specs([calculator]), "any")
+    opts = GenerationOptions(do_sample=False, max_new_tokens=120, min_new_tokens=0)
+    q = "what is twenty times three"
+    got = sg.chat(q, options=opts, output="text", grammar=grammar)
+    want = reference.chat(q, options=opts, output="text", grammar=grammar)
+    assert got.text == want.text
+    calls = json.loads(got.text.strip())  # one call, or a list of them (parallel calls)
+    for call in calls if isinstance(calls, list) else [calls]:
+        assert call["tool"] == "calculator" and isinstance(call["arguments"]["expression"], str)
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    shaped = json_answer_grammar(schema)
+    got = sg.chat("what colour is the sky", options=opts, output="text", grammar=shaped)
+    assert got.text == reference.chat("what colour is the sky", options=opts, output="text",
+                                      grammar=shaped).text
+    assert isinstance(json.loads(got.text.strip())["answer"], str)

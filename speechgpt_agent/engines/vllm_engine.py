@@ -164,6 +164,8 @@ class VLLMEngine(Engine):
             "tokenizer": str(model.path),
             "max_model_len": model.context_length,
             "enable_prefix_caching": True,
+            # the grammar library of the embedded engine too, so both constrain identically
+            "structured_outputs_config": {"backend": "xgrammar"},
         }
         self._lora = None
         self.merged = False
