@@ -66,7 +66,10 @@ def demo_parts(folder: str | Path | None = None) -> DemoParts:
 DEMO_QUESTION = DEMO_DIR / "question.wav"
 """A spoken question bundled with the demo, in a voice and wording never heard in training."""
 
-DEMO_TOOL_QUESTION = "what is 1234 times 5678"
+DEMO_TOOL_QUESTION = "what is 4725 times 1609"
+"""The tool-calling turn's question. Neither number occurs anywhere in the calculator's
+description (whose example is ``1234 * 5678``) or in any training stage's data, not even as
+digits inside another number (tests/test_demo_recipe.py checks it): the call cannot be copied."""
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """A calculator tool: exact arithmetic for agents, and the tool the demo model learned to call.
 
 The embedded demo model (:mod:`speechgpt_agent.demo`) only knows sums up to twenty; bound to
-this tool it asks for ``{"tool": "calculator", "arguments": {"expression": "1234 * 5678"}}``
-and answers from the result. Expressions are parsed, never ``eval``-ed.
+this tool it asks for ``{"tool": "calculator", "arguments": {"expression": "4725 * 1609"}}``
+(asked "what is 4725 times 1609") and answers from the result. Expressions are parsed, never ``eval``-ed.
 """
 
 from __future__ import annotations
