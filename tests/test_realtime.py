@@ -33,7 +33,7 @@ openai = pytest.importorskip("openai")
 websockets = pytest.importorskip("websockets")
 pytest.importorskip("silero_vad")
 
-from speechgpt_agent.demo import DEMO_QUESTION
+from speechgpt_agent.demo import DEMO_QUESTION, DEMO_TOOL_QUESTION
 from speechgpt_agent.integrations.langchain.calculator import calculator
 
 with warnings.catch_warnings():
@@ -266,12 +266,12 @@ async def test_function_call_round_trip_with_the_calculator(server):
                                            "tool_choice": "auto", "output_modalities": ["text"],
                                            "audio": {"input": {"turn_detection": None}}})
         await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
-            {"type": "input_text", "text": "what is 1234 times 5678"}]})
+            {"type": "input_text", "text": DEMO_TOOL_QUESTION}]})  # numbers in neither prompt nor data
         await conn.response.create()
         done = await _until(conn, "response.done", events)
         args = [ev for _, ev in events if ev.type == "response.function_call_arguments.done"]
         assert len(args) == 1 and args[0].name == "calculator"
-        assert json.loads(args[0].arguments) == {"expression": "1234 * 5678"}
+        assert json.loads(args[0].arguments) == {"expression": "4725 * 1609"}
         assert _joined(events, "response.function_call_arguments.delta") == args[0].arguments
         (call,) = done.response.output
         assert call.type == "function_call" and call.call_id == args[0].call_id
@@ -282,7 +282,7 @@ async def test_function_call_round_trip_with_the_calculator(server):
                                                   "output": result})
         await conn.response.create()
         final = await _until(conn, "response.done", events)
-    assert _joined(events, "response.output_text.delta") == "7006652"
+    assert _joined(events, "response.output_text.delta") == str(4725 * 1609) == result
     assert final.response.status == "completed"
 
 
