@@ -657,7 +657,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import psutil
     import torch
 
-    from .demo import DEMO_TOOL_QUESTION, run_demo
+    from .demo import DEMO_TOOL_QUESTION
+    from .demo_run import run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -15,6 +15,7 @@ PKG = Path(speechgpt_agent.__file__).parent
 # module -> modules of the package it must never import (directly, at any depth of the file)
 RULES = {
     "model": {"engines", "pipeline"},
+    "demo": {"pipeline", "demo_run", "integrations", "model", "engines"},
     "vocoder_config": {"vocoder", "vocoder_modules", "vocoder_loading", "vocoder_stream"},
     "vocoder_modules": {"vocoder", "vocoder_loading", "vocoder_stream"},
     "vocoder_loading": {"vocoder", "vocoder_stream"},
