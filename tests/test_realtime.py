@@ -502,7 +502,9 @@ async def test_a_dropped_connection_cancels_its_turn(server):
 def _pipecat_python() -> str | None:
     """An interpreter with pipecat-ai: $SPEECHGPT_PIPECAT_PYTHON, this one, or none."""
     env = os.environ.get("SPEECHGPT_PIPECAT_PYTHON")
-    if env and shutil.which(env):
+    if env:
+        if not shutil.which(env):  # named (CI: .ci/tests) but missing: a failure, not a skip
+            pytest.fail(f"SPEECHGPT_PIPECAT_PYTHON={env} is not an interpreter")
         return env
     try:
         import pipecat.services.openai.realtime.llm  # noqa: F401
