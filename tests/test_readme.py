@@ -72,6 +72,7 @@ NOT_RUN = {
     "pip install": "installs packages",
     "python3 -m venv": "installs packages",
     ".venv/bin/pytest": "the test suite itself",
+    "bash .ci/tests": "the test suite itself (CI runs it)",
     "speechgpt_agent.training.recipes.demo": "the demo recipe trains for about two hours (and --export "
                                              "replaces the shipped model)",
     "benchmarks/": "benchmarks take minutes each and write benchmarks/results",
