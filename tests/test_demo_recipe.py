@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -19,6 +20,7 @@ from speechgpt_agent.training.recipes.demo.llm_data import (
     dialogues,
     knowledge_examples,
     knowledge_text,
+    tokenizer_corpus,
     tool_text,
     tool_text_examples,
     tool_use_examples,
@@ -178,8 +180,36 @@ def test_tool_text_examples_train_only_the_call_and_the_answer():
     assert questions[0].result in trained[1] and "returned" not in trained[1]
 
 
+NUMBER_PAIR = re.compile(r"(\d+) [-+*] (\d+)")
+"""Two numbers of a calculator expression, as every tool line writes its call (and the
+calculator's description its example, ``1234 * 5678``)."""
+
+
+def number_pairs(texts) -> list[tuple[int, int]]:
+    """The (smaller, larger) operands of every expression in ``texts``, in order."""
+    return [tuple(sorted((int(a), int(b)))) for text in texts for a, b in NUMBER_PAIR.findall(text)]
+
+
+def training_texts(seed: int = 0) -> dict[str, list[str]]:
+    """Every text of the recipe's LLM stages that can hold numbers in digits, as
+    ``build_llm_data`` draws them (seed + 0 to 4), with the texts of the tokenizer's training
+    and the system prompt; the rest of the data writes numbers as words or units."""
+    from speechgpt_agent.training.recipes.demo import __main__ as recipe
+
+    world = closed_world(seed)
+    stage3 = tool_questions(recipe.TOOL_QUESTIONS, seed)
+    return {
+        "ma": recipe.stage1_text(world, seed),
+        "cm": [s["prefix"] + s["plain_text"] for s in
+               tool_text_examples(tool_questions(recipe.CM_TOOL_TEXT_QUESTIONS, seed + 4))
+               + knowledge_examples(world, repeats=1) + chain_knowledge_examples(world, repeats=1)],
+        "com": [s["prefix"] + s["plain_text"] for s in tool_use_examples(stage3)],
+        "tokenizer": tokenizer_corpus(world, stage3),
+    }
+
+
 def test_stage1_text_holds_calls_and_answers_on_their_own_numbers():
-    """Stage 1's extra calls and answers use numbers of their own (seeds + 2, + 3), none of stage 3's."""
+    """Stage 1's calls and answers use numbers of their own (seeds + 1, + 2, + 3), none of stage 3's."""
     from speechgpt_agent.training.recipes.demo import __main__ as recipe
 
     world = closed_world(0)
@@ -188,12 +218,93 @@ def test_stage1_text_holds_calls_and_answers_on_their_own_numbers():
                 + 2 * recipe.TOOL_TEXT_QUESTIONS + recipe.TOOL_CALL_TEXT_QUESTIONS
                 + recipe.TOOL_RESULT_TEXT_QUESTIONS)
     assert len(lines) == expected
-    stage3 = {q.expression for q in tool_questions(recipe.TOOL_QUESTIONS, 0)}
     calls = [line for line in lines if '"expression"' in line and "returned:" not in line]
     answers = [line for line in lines if "returned:" in line]
     assert len(calls) == recipe.TOOL_TEXT_QUESTIONS + recipe.TOOL_CALL_TEXT_QUESTIONS
     assert len(answers) == recipe.TOOL_TEXT_QUESTIONS + recipe.TOOL_RESULT_TEXT_QUESTIONS
-    assert not any(f'"expression": "{e}"' in line for e in stage3 for line in calls[:50])
+    # every call and every answer line, each with exactly its one expression
+    stage1 = number_pairs(calls + answers)
+    assert len(stage1) == len(calls) + len(answers)
+    stage3 = set(number_pairs(q.expression for q in tool_questions(recipe.TOOL_QUESTIONS, 0)))
+    assert len(stage3) == recipe.TOOL_QUESTIONS
+    shared = stage3 & set(stage1)
+    assert not shared, f"{len(shared)} pairs of stage 3's numbers in stage 1, e.g. {sorted(shared)[:3]}"
+
+
+def test_benchmark_calculator_numbers_occur_in_no_training_stage():
+    """The tool figures' fresh questions (benchmarks/demo_quality.py, evaluate.py): no pair of
+    their numbers, in either order and under any operator, is in any stage's data."""
+    from speechgpt_agent.training.recipes.demo.evaluate import benchmark_tool_questions
+
+    texts = training_texts(0)
+    trained = {pair for part in texts.values() for pair in number_pairs(part)}
+    assert len(trained) > 13_000  # 480 + 1000 + 5000 + 5000 + 2000 conversations, and the description's
+    fresh = benchmark_tool_questions(200, seed=0)  # the figures use the first 20 (--tools)
+    assert len({q.expression for q in fresh}) == 200
+    for q in fresh:
+        assert number_pairs([q.expression])[0] not in trained, q
+    everything = "\n".join(t for part in texts.values() for t in part)
+    for q in fresh:  # nor the question or its expression as written (no digit either side)
+        for written in (q.question, q.expression):
+            assert not re.search(rf"(?<!\d){re.escape(written)}(?!\d)", everything), written
+
+
+def test_showcase_numbers_appear_nowhere_in_the_prompt_or_training_data():
+    """The demo's tool question: neither number is in the calculator's description (the
+    system prompt) or in any stage's data, even as digits inside another number; nor its result."""
+    from speechgpt_agent.demo import DEMO_TOOL_QUESTION
+
+    a, b = (int(n) for n in re.fullmatch(r"what is (\d+) times (\d+)", DEMO_TOOL_QUESTION).groups())
+    texts = [t for part in training_texts(0).values() for t in part]
+    texts += [calculator_system_prompt(), calculator.description]
+    assert "1234 * 5678" in calculator.description  # the example a copied call would take
+    numbers = {n for t in texts for n in re.findall(r"\d+", t)}
+    assert len(numbers) > 10_000
+    assert not [n for n in numbers if str(a) in n or str(b) in n]
+    assert str(a * b) not in numbers
+
+
+def test_tool_answer_figure_needs_the_models_own_call_to_be_right(tiny_model_set, one_thread):
+    """evaluate_tools runs the calculator on the model's call: a wrong call's result goes back,
+    so a model that answers from the result it reads scores 0 answers, not 1."""
+    from speechgpt_agent.integrations.langchain import SpeechGPTChat
+    from speechgpt_agent.testing.steer import ForceAnswer, answer_ids
+    from speechgpt_agent.training.recipes.demo.evaluate import (
+        benchmark_tool_questions,
+        evaluate_tools,
+    )
+
+    questions = benchmark_tool_questions(2, seed=0)
+    chat = SpeechGPTChat(model=str(tiny_model_set.model), adapter=str(tiny_model_set.adapter),
+                         speech_tokenizer=str(tiny_model_set.speech_tokenizer), vocoder="",
+                         quantization=None, modalities=["text"], max_tokens=200, seed=0)
+    lm = chat.runtime.model
+
+    def steered(wrong: bool) -> SpeechGPTChat:
+        def factory():
+            state: dict = {}
+
+            def process(input_ids, scores):
+                if "forced" not in state:
+                    last = lm.decode(input_ids[0].tolist()).rsplit("[Human]", 1)[-1]
+                    returned = re.search(r"returned:\s*(.*?)\s*<eoh>", last)
+                    if returned:  # answer with what the tool sent back
+                        answer = f"[ta] {returned.group(1)}<eoa>"
+                    else:
+                        (q,) = [q for q in questions if q.question in last]
+                        expression = q.expression + (" + 1" if wrong else "")
+                        answer = f'[ta] {{"tool": "calculator", "arguments": {{"expression": "{expression}"}}}}<eoa>'
+                    state["forced"] = ForceAnswer(answer_ids(lm, answer), lm.eos_id)
+                return state["forced"](input_ids, scores)
+
+            return process
+
+        return chat.model_copy(update={"logits_processors": [factory]})
+
+    right = evaluate_tools(steered(wrong=False), 2, seed=0)
+    assert (right["tool_call_correct"], right["tool_answer_correct"]) == (1.0, 1.0)
+    wrong = evaluate_tools(steered(wrong=True), 2, seed=0)
+    assert (wrong["tool_call_correct"], wrong["tool_answer_correct"]) == (0.0, 0.0)
 
 
 def test_extra_recordings_add_clips_without_changing_the_others():

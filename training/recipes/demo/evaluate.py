@@ -11,9 +11,11 @@ Figures (greedy decoding, so they are reproducible):
 * ``facts_correct``: spoken fact questions in the held-out voice;
 * ``spoken_answer_consistent``: the spoken answer of those turns, vocoded, re-tokenized and
   transcribed by the same model, equals its text answer;
-* ``tool_call_correct`` / ``tool_answer_correct``: calculator questions (fresh numbers)
-  through :class:`SpeechGPTChat` with the calculator bound: the call's expression, then the
-  final answer from the tool's result.
+* ``tool_call_correct`` / ``tool_answer_correct``: calculator questions (fresh numbers,
+  :func:`benchmark_tool_questions`) through :class:`SpeechGPTChat` with the calculator bound:
+  the call's expression, then the final answer from the result of that call (a wrong call's
+  result, or its error, goes back as an agent loop would send it, so a right answer needs a
+  right call).
 """
 
 from __future__ import annotations
@@ -27,14 +29,23 @@ from typing import Any
 
 from speechgpt_agent.model import GenerationOptions
 
-from .world import QA, closed_world, tool_questions
+from .world import QA, ToolQuestion, closed_world, tool_questions
 
 __all__ = [
-    "GREEDY", "EvalItem", "evaluate", "evaluate_run", "evaluate_tools", "heldout_items", "load_run",
-    "normalize", "run_chat",
+    "GREEDY", "TOOL_SEED_OFFSET", "EvalItem", "benchmark_tool_questions", "evaluate", "evaluate_run",
+    "evaluate_tools", "heldout_items", "load_run", "normalize", "run_chat",
 ]
 
 GREEDY = GenerationOptions(do_sample=False, max_new_tokens=400, min_new_tokens=0)
+
+TOOL_SEED_OFFSET = 1000
+"""The benchmark's calculator questions are drawn from the recipe's seed + this; training
+draws from seed + 0 to 4 (tests/test_demo_recipe.py checks that no pair of numbers is shared)."""
+
+
+def benchmark_tool_questions(n: int, seed: int = 0) -> list[ToolQuestion]:
+    """The ``n`` fresh calculator questions of the tool figures, for the recipe's ``seed``."""
+    return tool_questions(n, seed + TOOL_SEED_OFFSET)
 
 
 def normalize(text: str) -> str:
@@ -124,13 +135,17 @@ def evaluate(sg: Any, items: Sequence[EvalItem], *, chat: Any = None, tools: int
                    "arithmetic": len(arithmetic), "facts": len(facts), "spoken": len(consistent)},
     }
     if chat is not None and tools:
-        result.update(evaluate_tools(chat, tools, seed=seed + 1000))
+        result.update(evaluate_tools(chat, tools, seed=seed))
     result["failures"] = failures
     return result
 
 
 def evaluate_tools(chat: Any, n: int, *, seed: int) -> dict[str, Any]:
-    """Calculator questions through ``chat`` (a SpeechGPTChat) bound to the calculator tool."""
+    """:func:`benchmark_tool_questions` through ``chat`` (a SpeechGPTChat) bound to the calculator.
+
+    The tool runs on the model's own call and its result (or error) goes back: the answer is
+    right only when it is the result of the question's expression.
+    """
     from langchain_core.messages import HumanMessage, ToolMessage
 
     from speechgpt_agent.integrations.langchain import calculator
@@ -138,7 +153,7 @@ def evaluate_tools(chat: Any, n: int, *, seed: int) -> dict[str, Any]:
     bound = chat.bind_tools([calculator])
     calls: list[bool] = []
     answers: list[bool] = []
-    for q in tool_questions(n, seed):
+    for q in benchmark_tool_questions(n, seed):
         messages: list[Any] = [HumanMessage(q.question)]
         ai = bound.invoke(messages)
         call = ai.tool_calls[0] if ai.tool_calls else None
@@ -147,8 +162,12 @@ def evaluate_tools(chat: Any, n: int, *, seed: int) -> dict[str, Any]:
         if call is None:
             answers.append(False)
             continue
-        result = calculator.invoke(call["args"]) if calls[-1] else q.result
-        final = bound.invoke([*messages, ai, ToolMessage(result, tool_call_id=call["id"], name="calculator")])
+        try:
+            result, status = calculator.invoke(call["args"]), "success"
+        except Exception as exc:  # noqa: BLE001 - a bad call's error goes back, as an agent loop sends it
+            result, status = f"error: {exc}", "error"
+        final = bound.invoke([*messages, ai, ToolMessage(result, tool_call_id=call["id"], name="calculator",
+                                                         status=status)])
         answers.append(normalize(final.text) == normalize(q.result))
     return {"tool_call_correct": _share(calls), "tool_answer_correct": _share(answers),
             "counts_tools": len(calls)}
