@@ -19,12 +19,13 @@ the same thing with plain torch ops:
 
 The filter has one phase per output sample modulo ``new``; torchaudio evaluates each phase
 over ``2 * width + orig`` taps (``width = ceil(w * orig / base)``) and runs them as one
-strided ``conv1d``. Only ``2 * width + 2`` of those taps per phase can be inside the
-window (outside it the clamped kernel is below 1e-20), so this implementation evaluates
-those taps alone, with the same float operations in the same order (each kept weight is
-bitwise torchaudio's), and gathers them per output sample. That keeps memory linear in the
-taps for rates whose reduced ratio is large (44099 Hz -> 16 kHz: torchaudio builds a
-16000 x 44133 kernel), and the sums equal torchaudio's to float32 rounding.
+strided ``conv1d``. This module does the same (the same float operations, so the same
+kernel) while that kernel is small (``new * (2 * width + orig)`` up to 2**20 weights: every
+common rate to 16 kHz). For rates whose reduced ratio is large (44099 Hz -> 16 kHz:
+torchaudio builds a 16000 x 44133 kernel) it evaluates only the ``2 * width + 2`` taps per
+phase that can be inside the window (outside it the clamped kernel is below 1e-20) and
+gathers them per output sample, which keeps memory linear in the taps; the sums equal
+torchaudio's to float32 rounding either way.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ __all__ = ["sinc_resample", "sinc_resample_output_length"]
 
 # Taps gathered per step: bounds the temporary [channels, block, new, taps] tensor (16 MB).
 _BLOCK_ELEMENTS = 1 << 22
+# Largest torchaudio kernel (weights) run as one conv1d, as torchaudio does; above it, gather.
+_CONV_KERNEL_LIMIT = 1 << 20
 
 
 def sinc_resample_output_length(frames: int, orig_rate: int, new_rate: int) -> int:
@@ -92,17 +95,22 @@ def sinc_resample(
         return waveform
     g = math.gcd(int(orig_rate), int(new_rate))
     orig, new = int(orig_rate) // g, int(new_rate) // g
-    weights, columns, width = _phase_table(orig, new, int(lowpass_filter_width), float(rolloff),
-                                           waveform.dtype, str(waveform.device))
-    taps = weights.shape[1]
-
+    zeros, device = int(lowpass_filter_width), str(waveform.device)
     shape = waveform.shape
     x = waveform.reshape(-1, shape[-1])
     length = x.shape[1]
     out_len = sinc_resample_output_length(length, orig, new)
+    width = _width(orig, new, zeros, float(rolloff))
     span = 2 * width + orig  # torchaudio's kernel length: input samples one phase group reads
     # zeros around the signal, as torchaudio pads: `width` before, `width + orig` after
     x = torch.nn.functional.pad(x, (width, width + orig))
+    if new * span <= _CONV_KERNEL_LIMIT:
+        kernel = _full_kernel(orig, new, zeros, float(rolloff), waveform.dtype, device)
+        out = torch.nn.functional.conv1d(x[:, None], kernel[:, None], stride=orig)  # [C, new, q]
+        out = out.transpose(1, 2).reshape(x.shape[0], -1)[:, :out_len]
+        return out.reshape(*shape[:-1], out_len)
+    weights, columns = _phase_table(orig, new, zeros, float(rolloff), waveform.dtype, device)
+    taps = weights.shape[1]
     groups = x.unfold(-1, span, orig)  # [C, q, span] view: group q holds outputs q*new..q*new+new-1
     block = max(1, _BLOCK_ELEMENTS // (new * taps))
     pieces = []
@@ -114,21 +122,44 @@ def sinc_resample(
     return out.reshape(*shape[:-1], out_len)
 
 
+def _width(orig: int, new: int, zeros: int, rolloff: float) -> int:
+    """Input samples of zero padding, and half the extra taps, of torchaudio's kernel."""
+    return math.ceil(zeros * orig / (min(orig, new) * rolloff))
+
+
+@lru_cache(maxsize=32)
+def _full_kernel(orig: int, new: int, zeros: int, rolloff: float, dtype: torch.dtype,
+                 device: str) -> torch.Tensor:
+    """torchaudio's kernel ``[new, 2 * width + orig]``: row ``p`` makes outputs ``q * new + p``."""
+    width = _width(orig, new, zeros, rolloff)
+    columns = torch.arange(2 * width + orig).expand(new, -1)
+    return _weights(orig, new, zeros, rolloff, dtype, columns, width).to(device)
+
+
 @lru_cache(maxsize=32)
 def _phase_table(orig: int, new: int, zeros: int, rolloff: float, dtype: torch.dtype,
-                 device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per phase ``p < new``: the weights of its taps ``[new, taps]``, their columns, ``width``.
+                 device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per phase ``p < new``: the weights of its taps ``[new, taps]`` and their columns.
 
     Tap ``m`` of phase ``p`` is column ``k = columns[p, m]`` of torchaudio's kernel row ``p``,
     i.e. input offset ``k - width`` from ``q * orig``. Columns past torchaudio's ``2 * width
     + orig`` (at most one per phase, outside the window) are clipped and weighted 0.
     """
-    base = min(orig, new) * rolloff
-    width = math.ceil(zeros * orig / base)
+    width = _width(orig, new, zeros, rolloff)
     taps = 2 * width + 2
     starts = torch.arange(new, dtype=torch.int64) * orig // new  # floor(p * orig / new)
     columns = starts[:, None] + torch.arange(taps)  # [new, taps]
-    # the same float operations as torchaudio's kernel, on the kept columns only
+    kernel = _weights(orig, new, zeros, rolloff, dtype, columns, width)
+    inside = columns < 2 * width + orig
+    kernel = torch.where(inside, kernel, torch.zeros((), dtype=dtype))
+    columns = torch.where(inside, columns, 2 * width + orig - 1)
+    return kernel.to(device), columns.to(device)
+
+
+def _weights(orig: int, new: int, zeros: int, rolloff: float, dtype: torch.dtype,
+             columns: torch.Tensor, width: int) -> torch.Tensor:
+    """Entries ``[p, k]`` of torchaudio's kernel at ``columns[p]``, with its float operations."""
+    base = min(orig, new) * rolloff
     idx = (columns - width).to(dtype) / orig
     t = torch.arange(0, -new, -1, dtype=dtype)[:, None] / new + idx
     t *= base
@@ -138,10 +169,7 @@ def _phase_table(orig: int, new: int, zeros: int, rolloff: float, dtype: torch.d
     scale = base / orig
     kernel = torch.where(t == 0, torch.tensor(1.0).to(t), t.sin() / t)
     kernel *= window * scale
-    inside = columns < 2 * width + orig
-    kernel = torch.where(inside, kernel, torch.zeros((), dtype=dtype))
-    columns = torch.where(inside, columns, 2 * width + orig - 1)
-    return kernel.to(device), columns.to(device), width
+    return kernel
 
 
 def _describe(value: object) -> str:
