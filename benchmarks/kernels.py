@@ -16,6 +16,10 @@ Cases (random inputs; speed does not depend on the values):
   peak of the precision the kernel uses (TF32 for fp32 when PyTorch allows TF32 convs).
 
 Times are medians of ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs).
+
+Exit status: 0 when the table was measured and written; 3 (``NOT_MEASURED``) when nothing
+was measured because there is no CUDA device or no Triton (a message on stderr says which),
+so that a script or CI step cannot take a run without a GPU for a measurement.
 """
 
 from __future__ import annotations
@@ -201,6 +205,10 @@ def device_slug() -> str:
     return torch.cuda.get_device_name(0).lower().replace(" ", "-").replace("/", "-")
 
 
+NOT_MEASURED = 3
+"""Exit status when nothing could be measured (no CUDA device, or no Triton)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="audio length (default: %(default)s)")
@@ -209,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/kernels-<device>.json)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA device (the kernels are Triton GPU kernels); none found.")
-        return 0
+        print("benchmarks/kernels.py: nothing measured: it needs a CUDA device (the kernels are Triton "
+              f"GPU kernels) and none was found; exit status {NOT_MEASURED}.", file=sys.stderr)
+        return NOT_MEASURED
     try:
         import triton  # noqa: F401
     except ImportError:
-        print("benchmarks/kernels.py needs Triton, which is not installed.")
-        return 0
+        print("benchmarks/kernels.py: nothing measured: it needs Triton, which is not installed; "
+              f"exit status {NOT_MEASURED}.", file=sys.stderr)
+        return NOT_MEASURED
     torch.set_grad_enabled(False)
     peaks = measure_peaks()
     print("measured peaks: " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()))
