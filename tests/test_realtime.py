@@ -15,8 +15,6 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +33,7 @@ pytest.importorskip("silero_vad")
 
 from speechgpt_agent.demo import DEMO_QUESTION, DEMO_TOOL_QUESTION
 from speechgpt_agent.integrations.langchain.calculator import calculator
+from speechgpt_agent.testing.serve import running_server
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -50,17 +49,6 @@ TOOLS = [{"type": "function", "name": "calculator", "description": calculator.de
           "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
                          "required": ["expression"]}}]
 VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("speechgpt-agent")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "speechgpt_agent.cli"]
 
 
 def _question_24k() -> np.ndarray:
@@ -96,38 +84,13 @@ def _b64(data: bytes) -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Base URL of a running demo server; stopped (by its pid) when the module ends."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("realtime") / "server.log"
-    cmd = [*_command(), "serve", "--model", "demo", "--port", str(port), "--api-key", KEY,
-           "--threads", "1", "--max-audio-seconds", str(MAX_AUDIO_S), "--max-request-mb", str(MAX_MB),
-           "--log-level", "warning"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /health in 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-        assert proc.poll() is None, f"the server died:\n{log.read_text()[-3000:]}"
-        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+    with running_server(log, "--model", "demo", "--api-key", KEY, "--threads", "1",
+                        "--max-audio-seconds", str(MAX_AUDIO_S), "--max-request-mb", str(MAX_MB),
+                        "--log-level", "warning") as srv:
+        yield srv.url
+        assert srv.alive(), f"the server died:\n{srv.log_tail()}"
+        assert "Traceback" not in srv.log_tail(10**7), srv.log_tail()
 
 
 def _client(server: str, key: str = KEY):

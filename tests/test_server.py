@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,6 +29,7 @@ pytest.importorskip("fastapi")
 
 from speechgpt_agent.demo import DEMO_QUESTION
 from speechgpt_agent.integrations.langchain.calculator import calculator
+from speechgpt_agent.testing.serve import running_server
 
 KEY = "sk-test-serve"
 DATA = Path(__file__).parent / "data"
@@ -52,53 +51,16 @@ MAX_MB = 2
 MAX_MESSAGES = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("speechgpt-agent")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "speechgpt_agent.cli"]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Base URL of a running demo server; stopped (by its pid) when the module ends."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [*_command(), "serve", "--model", "demo", "--port", str(port), "--api-key", KEY,
-           "--threads", "1", "--max-audio-seconds", str(MAX_AUDIO_S), "--max-request-mb", str(MAX_MB),
-           "--max-messages", str(MAX_MESSAGES), "--log-level", "warning", *ENGINE_ARGS]
-    with open(log, "wb") as out:
-        # its own process group: vLLM's engine core runs in child processes, stopped with it
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + (600 if ENGINE == "vllm" else 180)  # vLLM starts a second process
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /health in time:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):  # whatever of its group is left
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
+    args = ["--model", "demo", "--api-key", KEY, "--threads", "1", "--max-audio-seconds", str(MAX_AUDIO_S),
+            "--max-request-mb", str(MAX_MB), "--max-messages", str(MAX_MESSAGES), "--log-level", "warning",
+            *ENGINE_ARGS]
+    # vLLM starts its engine core in a second process: it takes longer
+    with running_server(log, *args, timeout_s=600 if ENGINE == "vllm" else 180) as srv:
+        yield srv.url
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,6 @@ transcribes from the same clip, through the real ``openai`` client.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import httpx
 import pytest
 
@@ -23,18 +15,8 @@ pytest.importorskip("fastapi")
 
 from speechgpt_agent.audio import load_audio
 from speechgpt_agent.demo import DEMO_QUESTION
+from speechgpt_agent.testing.serve import running_server
 from speechgpt_agent.testing.whisper import make_tiny_whisper
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("speechgpt-agent")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "speechgpt_agent.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -44,35 +26,10 @@ def whisper_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(whisper_dir, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [*_command(), "serve", "--model", "demo", "--port", str(port), "--threads", "1",
-           "--asr", "whisper", "--whisper-model", str(whisper_dir), "--log-level", "warning"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /health in 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+    with running_server(log, "--model", "demo", "--threads", "1", "--asr", "whisper",
+                        "--whisper-model", str(whisper_dir), "--log-level", "warning") as srv:
+        yield srv.url
 
 
 @pytest.mark.slow  # builds and converts a Whisper, then a second server: about 100 s here

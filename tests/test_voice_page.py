@@ -16,11 +16,7 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +29,7 @@ pytest.importorskip("fastapi")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
 
 from speechgpt_agent.demo import DEMO_QUESTION
+from speechgpt_agent.testing.serve import ServerProcess, start_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -47,57 +44,18 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 DONE = "(n) => voicePage.turns.length > n && ['done', 'error', 'interrupted'].includes(voicePage.turns[n].status)"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("speechgpt-agent")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "speechgpt_agent.cli"]
-
-
-def _start_server(log: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [*_command(), "serve", "--model", "demo", "--port", str(port), "--threads", "1",
-           "--log-level", "warning", *extra]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            _stop(proc)
-            pytest.fail(f"the server did not answer /health in 180 s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+def _start_server(log: Path, *extra: str, env: dict | None = None) -> ServerProcess:
+    return start_server(log, "--model", "demo", "--threads", "1", "--log-level", "warning", *extra, env=env)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Base URL of a demo server that needs ``KEY``."""
-    proc, url = _start_server(tmp_path_factory.mktemp("voice") / "server.log", "--api-key", KEY)
+    srv = _start_server(tmp_path_factory.mktemp("voice") / "server.log", "--api-key", KEY)
     try:
-        yield url
+        yield srv.url
     finally:
-        _stop(proc)
+        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +349,8 @@ def test_serve_open_and_a_stopped_server(browser, tmp_path):
     fake_browser.write_text(f"#!/bin/sh\necho \"$1\" >> {opened}\n")
     fake_browser.chmod(fake_browser.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "BROWSER": str(fake_browser)}
-    proc, url = _start_server(tmp_path / "server.log", "--open", env=env)
+    srv = _start_server(tmp_path / "server.log", "--open", env=env)
+    url = srv.url
     try:
         deadline = time.monotonic() + 20
         while not opened.exists() and time.monotonic() < deadline:
@@ -400,7 +359,7 @@ def test_serve_open_and_a_stopped_server(browser, tmp_path):
         context = browser.new_context()
         page = Page(context, url)
         assert page.page.is_hidden("#notice")  # no key needed on this server
-        _stop(proc)
+        srv.stop()
         _ask_typed(page, "what is two plus three")
         kind, text = page.notice()
         assert kind == "offline" and "Cannot reach the server" in text
@@ -408,4 +367,4 @@ def test_serve_open_and_a_stopped_server(browser, tmp_path):
         page.page.wait_for_function("document.getElementById('server').dataset.online === 'no'", timeout=15_000)
         context.close()
     finally:
-        _stop(proc)
+        srv.stop()
