@@ -15,7 +15,8 @@ Figures (see ``speechgpt_agent.training.recipes.demo.evaluate``), with the issue
 * arithmetic answers correct >= 80% (spoken questions never heard in training);
 * the spoken answer, re-tokenized and transcribed by the same model, matches its text
   answer >= 60%;
-* calculator tool calls and answers from the tool result (fresh numbers).
+* calculator tool calls, and answers from the result of the model's own call (fresh numbers,
+  which no training stage holds: ``benchmark_tool_questions``).
 
 ``--voice`` asks the questions in another espeak-ng voice that training never used: a check
 that the figures are not those of one lucky voice (the recipe's variants were chosen on
