@@ -95,12 +95,11 @@ from ._runtime import (
     load_text_tokenizer,
     prompt_tokens_bound,
 )
+from .answer_text import AnswerText
 from .messages import audio_block, to_turn_input
 from .tool_calling import (
-    CALL_OPENERS,
     ParsedAnswer,
     answer_grammar,
-    complete_json_at,
     json_answer_prompt,
     normalize_tool_choice,
     parse_tool_calls,
@@ -158,17 +157,6 @@ def _hashable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_hashable(v) for v in value)
     return value
-
-
-def _stop_holdback(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of ``text`` that could still grow into a stop sequence."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
 
 
 class _Request:
@@ -326,9 +314,9 @@ class _Answer:
         self.request = request
         self.streaming = streaming
         self.stopper = stopper
-        self.text = ""  # all text answer received, cut at a stop sequence
-        self.emitted = ""  # the part of it already streamed
-        self.stopped = False
+        self.follow = AnswerText(stops=request.stops, tools_active=request.tools_active,
+                                 json_answer=request.json_answer is not None, speak=request.speak,
+                                 default_tool=request.default_tool, on_stop=stopper.set)
         self.transcript = ""
         self.sent_transcript = ""  # the part of it already streamed in chunk metadata
         self.units: list[int] = []
@@ -338,44 +326,20 @@ class _Answer:
 
     # -- text --
 
-    def _opener(self) -> int:
-        if not self.request.tools_active:
-            return -1
-        hits = [i for i in (self.text.find(c) for c in CALL_OPENERS) if i >= 0]
-        return min(hits) if hits else -1
+    @property
+    def text(self) -> str:
+        return self.follow.text
+
+    @property
+    def emitted(self) -> str:
+        return self.follow.emitted
+
+    @property
+    def stopped(self) -> bool:
+        return self.follow.stopped
 
     def _on_text(self, delta: str) -> str:
-        if self.stopped:
-            return ""
-        self.text += delta
-        stops = self.request.stops
-        cuts = [i for i in (self.text.find(s) for s in stops) if i >= 0]
-        if cuts:
-            self.text = self.text[: min(cuts)]
-            self.stopped = True
-            self.stopper.set()
-        end = len(self.text) - (0 if self.stopped else _stop_holdback(self.text, stops))
-        opener = self._opener()
-        if opener >= 0:
-            end = min(end, len(self.text[:opener].rstrip()))
-            if not self.stopped and any(c in delta for c in "}]") and self._call_complete(opener):
-                self.stopper.set()
-        elif self.request.json_answer is not None and not self.request.speak and "}" in delta:
-            start = self.text.find("{")
-            if start >= 0 and complete_json_at(self.text, start):
-                self.stopper.set()
-        if end <= len(self.emitted):
-            return ""
-        out = self.text[len(self.emitted): end]
-        self.emitted = self.text[:end]
-        return out
-
-    def _call_complete(self, opener: int) -> bool:
-        """Whether the JSON value at the first bracket after ``opener`` is complete and a call."""
-        start = next((i for i in range(opener, len(self.text)) if self.text[i] in "{["), -1)
-        if start < 0 or not complete_json_at(self.text, start):
-            return False
-        return bool(parse_tool_calls(self.text[start:], default_tool=self.request.default_tool).tool_calls)
+        return self.follow.feed(delta)
 
     def _parsed(self) -> ParsedAnswer:
         if not self.request.tools_active:
@@ -412,7 +376,7 @@ class _Answer:
             block = audio_block(event.samples, event.sample_rate, offset=event.offset,
                                 sample_rate=event.sample_rate)
             block["index"] = len(self.audio_blocks) + len(self.held_audio) + 1
-            if self._opener() >= 0:  # maybe a spoken tool call: decided at the end
+            if self.follow.opener() >= 0:  # maybe a spoken tool call: decided at the end
                 self.held_audio.append(block)
             else:
                 self.audio_blocks.append(block)

@@ -57,10 +57,9 @@ import torch
 from langchain_core.messages import ToolMessage
 
 from ..audio import SAMPLE_RATE
+from ..integrations.langchain.answer_text import AnswerText
 from ..integrations.langchain.tool_calling import (
-    CALL_OPENERS,
     ParsedAnswer,
-    complete_json_at,
     json_answer_prompt,
     normalize_tool_choice,
     parse_tool_calls,
@@ -399,17 +398,6 @@ class StopAfterThis:
         return forced
 
 
-def _stop_holdback(text: str, stops: list[str]) -> int:
-    """Length of the longest end of ``text`` that could still grow into a stop sequence."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
-
-
 def answer_grammar(turn: ChatTurn) -> Any:
     """The :class:`~speechgpt_agent.grammar.Grammar` constraining ``turn``'s answer, or ``None``.
 
@@ -488,9 +476,9 @@ class AnswerBuilder:
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.audio_id = AudioStore.new_id() if turn.speak else None
-        self.text = ""
-        self.emitted = ""
-        self.stopped = False
+        self.follow = AnswerText(stops=turn.stops, tools_active=turn.tools_active,
+                                 json_answer=turn.json_answer is not None, speak=turn.speak,
+                                 default_tool=turn.default_tool, on_stop=stopper.set)
         self.heard = ""
         self.response: Response | None = None
         self.encoder = PCM16Encoder() if turn.speak and streaming else None
@@ -501,43 +489,20 @@ class AnswerBuilder:
 
     # -- text --
 
-    def _opener(self) -> int:
-        if not self.turn.tools_active:
-            return -1
-        hits = [i for i in (self.text.find(c) for c in CALL_OPENERS) if i >= 0]
-        return min(hits) if hits else -1
+    @property
+    def text(self) -> str:
+        return self.follow.text
 
-    def _call_complete(self, opener: int) -> bool:
-        start = next((i for i in range(opener, len(self.text)) if self.text[i] in "{["), -1)
-        if start < 0 or not complete_json_at(self.text, start):
-            return False
-        return bool(parse_tool_calls(self.text[start:], default_tool=self.turn.default_tool).tool_calls)
+    @property
+    def emitted(self) -> str:
+        return self.follow.emitted
+
+    @property
+    def stopped(self) -> bool:
+        return self.follow.stopped
 
     def _on_text(self, delta: str) -> str:
-        if self.stopped:
-            return ""
-        self.text += delta
-        stops = self.turn.stops
-        cuts = [i for i in (self.text.find(s) for s in stops) if i >= 0]
-        if cuts:
-            self.text = self.text[: min(cuts)]
-            self.stopped = True
-            self.stopper.set()
-        end = len(self.text) - (0 if self.stopped else _stop_holdback(self.text, stops))
-        opener = self._opener()
-        if opener >= 0:
-            end = min(end, len(self.text[:opener].rstrip()))
-            if not self.stopped and any(c in delta for c in "}]") and self._call_complete(opener):
-                self.stopper.set()
-        elif self.turn.json_answer is not None and "}" in delta:
-            start = self.text.find("{")
-            if start >= 0 and complete_json_at(self.text, start):
-                self.stopper.set()
-        if end <= len(self.emitted):
-            return ""
-        out = self.text[len(self.emitted): end]
-        self.emitted = self.text[:end]
-        return out
+        return self.follow.feed(delta)
 
     def parsed(self) -> ParsedAnswer:
         if not self.turn.tools_active:
@@ -589,7 +554,7 @@ class AnswerBuilder:
             if self.encoder is None:
                 return []
             data = self.encoder.push(event.samples)
-            if self._opener() >= 0 or self.held_audio:  # maybe a spoken tool call: decided at the end
+            if self.follow.opener() >= 0 or self.held_audio:  # maybe a spoken tool call: decided at the end
                 self.held_audio.append(data)
                 return []
             delta = self._audio_delta(data)
