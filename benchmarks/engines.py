@@ -6,8 +6,14 @@ demo model in fp32, each engine loaded once in the same run, in two workloads:
 * ``chat``: spoken questions (tests/data/demo, a voice the demo never heard) answered in
   chain of modality; the answers are one word (about 18 units), so a turn is mostly
   unit extraction, prompt and vocoder work beside the engine;
-* ``tts``: the demo's own TTS of sentences of its world (about 60-120 units each), where
-  generation dominates.
+* ``tts``: the demo's own TTS of sentences of its world (15-60 units each);
+* ``tokens``: the engine alone, N token streams of the tts prompts, 128 tokens each (eos
+  and ``<eoa>`` ignored), no parser, no codec: what the engine itself does with N requests
+  in flight. (Its "first audio" columns are the first token.)
+
+On this CPU the codec work of a turn (unit extraction, the streaming vocoder: about a third of
+a demo turn) runs in the callers' process, on the core that vLLM's engine core leaves free,
+so the whole-turn figures are bounded by it; ``tokens`` shows the engine's own batching.
 
 
 * aggregate units/s: answer speech units of all N turns / wall time of the N turns;
@@ -58,6 +64,37 @@ def _inputs(workload: str, n: int) -> list[dict]:
     return [{"audio": CLIPS / names[i % len(names)]} for i in range(n)]
 
 
+TOKENS_PER_STREAM = 128
+
+
+def _run_tokens(sg, inputs, options):
+    """N raw engine streams at once: ``(per-stream (tokens, first-token s), wall s)``."""
+    from speechgpt_agent.model import GenerationOptions
+    from speechgpt_agent.prompt import build_prompt
+
+    # a fixed length (eos and <eoa> ignored): the decoding throughput, not the answers' lengths
+    FIXED = GenerationOptions(do_sample=False, max_new_tokens=TOKENS_PER_STREAM,
+                              min_new_tokens=TOKENS_PER_STREAM)
+    prompts = [sg.model.encode_prompt(build_prompt(i["text"], task="tts")) for i in inputs]
+    results: list = [None] * len(prompts)
+
+    def one(i: int, t0: float) -> None:
+        stream = sg.engine.generate(prompts[i], FIXED, stop_strings=())
+        first = None
+        for _ in stream:
+            if first is None:
+                first = time.perf_counter() - t0
+        results[i] = (len(stream.tokens), first)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i, t0)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return results, time.perf_counter() - t0
+
+
 def _run_batch(sg, inputs, options):
     from speechgpt_agent.pipeline import time_turn
 
@@ -88,12 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", nargs="+", default=None,
                         help="default: transformers, plus vllm where it is installed")
     parser.add_argument("--repeats", type=int, default=3, help="runs per N (the best is kept)")
-    parser.add_argument("--workloads", nargs="+", default=["chat", "tts"], choices=["chat", "tts"])
+    parser.add_argument("--workloads", nargs="+", default=["chat", "tts", "tokens"],
+                        choices=["chat", "tts", "tokens"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of this process (the callers' codec work; vLLM's engine "
+                             "core is a process of its own): more than the cores left over "
+                             "oversubscribes them")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engines.json"))
     args = parser.parse_args(argv)
 
     import torch
 
+    torch.set_num_threads(args.threads)
     from speechgpt_agent.demo import DEMO_NAME
     from speechgpt_agent.model import GenerationOptions
     from speechgpt_agent.pipeline import SpeechGPT
@@ -110,9 +153,28 @@ def main(argv: list[str] | None = None) -> int:
                                        engine=name, engine_args=engine_args)
         sg.speech_tokenizer, sg.vocoder  # noqa: B018 - load both before timing
         for workload in args.workloads:
-            _run_batch(sg, _inputs(workload, 2), options)  # warm-up
+            if workload == "tokens":
+                _run_tokens(sg, _inputs("tts", 2), options)
+            else:
+                _run_batch(sg, _inputs(workload, 2), options)  # warm-up
         load_s = time.perf_counter() - t0
         for workload, n in ((w, n) for w in args.workloads for n in args.concurrency):
+            if workload == "tokens":
+                best = None
+                for _ in range(args.repeats):
+                    got, total = _run_tokens(sg, _inputs("tts", n), options)
+                    if best is None or total < best[1]:
+                        best = (got, total)
+                got, total = best
+                tokens = sum(k for k, _ in got)
+                firsts = [f for _, f in got if f is not None]
+                rows.append({"engine": name, "workload": workload, "N": n, "units": tokens, "total_s": total,
+                             "units_per_s": tokens / total,
+                             "first_audio_median_s": statistics.median(firsts) if firsts else None,
+                             "first_audio_worst_s": max(firsts) if firsts else None,
+                             "all_spoken": True, "same_answers": True, "load_s": load_s})
+                print(f"{name} tokens N={n}: {tokens / total:.1f} tokens/s, total {total:.2f} s", flush=True)
+                continue
             inputs = _inputs(workload, n)
             best = None
             for _ in range(args.repeats):
