@@ -247,6 +247,9 @@ def _model_set_args(p: argparse.ArgumentParser, *, speech: bool = True) -> None:
     s.add_argument("--temperature", type=_non_negative(float), default=None, help="sampling temperature; 0 = greedy")
     s.add_argument("--top-p", type=_probability, default=None, help="nucleus sampling mass, in (0, 1]")
     s.add_argument("--top-k", type=_non_negative(int), default=None, help="sample among the k likeliest (0: all)")
+    s.add_argument("--reference", action="store_true",
+                   help="reproduce the original cli_infer.py exactly (for comparing with published "
+                        "numbers): no token healing, min_new_tokens not enforced, its ASR prompt")
     s.add_argument("--max-new-tokens", type=_positive_int, default=None,
                    help="most tokens in the answer (default: 2048; 400 for --model demo)")
 
@@ -325,7 +328,7 @@ def _load_runtime(args: argparse.Namespace, *, speech_in: bool = True, speech_ou
             check_available(args.model, what="SpeechGPT language model")
             if not args.no_adapter:
                 check_available(args.adapter, what="SpeechGPT adapter")
-        return SpeechGPT.from_pretrained(
+        runtime = SpeechGPT.from_pretrained(
             args.model,
             None if args.no_adapter else args.adapter,
             speech_tokenizer=args.hubert if speech_in else None,
@@ -339,6 +342,8 @@ def _load_runtime(args: argparse.Namespace, *, speech_in: bool = True, speech_ou
             engine=getattr(args, "engine", "transformers"),
             engine_args=dict(getattr(args, "engine_arg", [])),
         )
+        runtime.reference = bool(getattr(args, "reference", False))
+        return runtime
     except UnsafeCheckpointError as exc:
         raise UnsafeCheckpointError(f"{exc} (On the command line: --trust-pickle.)") from None
     except ModelNotFoundError as exc:
@@ -474,6 +479,9 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         "instruction); prints 'path<TAB>transcript' per file. Loads no vocoder. "
         "--model demo uses the small model embedded in the package (offline).")
     p.add_argument("audio", nargs="+", help="audio files (wav/flac/ogg/...; any rate, any channels)")
+    p.add_argument("--instruction", default=None,
+                   help="the ASR instruction before 'This is input:' (default: SpeechInstruct's "
+                        "'Can you transcribe the speech into a written format?')")
     _model_set_args(p)
     p.set_defaults(func=_cmd_transcribe)
 
@@ -483,7 +491,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     opts = _options(args)
     runtime = _load_runtime(args, speech_out=False, preload=["speech_tokenizer"])
     for path in args.audio:
-        print(f"{path}\t{runtime.transcribe(path, options=opts, seed=args.seed)}")
+        print(f"{path}\t{runtime.transcribe(path, options=opts, seed=args.seed, instruction=args.instruction)}")
     return 0
 
 
@@ -495,6 +503,9 @@ def _add_speak(sub: argparse._SubParsersAction) -> None:
         "speech tokenizer. --model demo uses the small model embedded in the package (offline).")
     p.add_argument("text", help="the sentence to speak")
     p.add_argument("-o", "--output", default="speech.wav", help="output wav (default: %(default)s)")
+    p.add_argument("--instruction", default=None,
+                   help="the TTS instruction before 'This is input:' (default: SpeechInstruct's "
+                        "'Try to speak out this sentence, please.')")
     _model_set_args(p)
     p.set_defaults(func=_cmd_speak)
 
@@ -507,7 +518,7 @@ def _cmd_speak(args: argparse.Namespace) -> int:
     _check_output(args.output)
     opts = _options(args)
     runtime = _load_runtime(args, speech_in=False, preload=["vocoder"])
-    response = runtime.speak(args.text, options=opts, seed=args.seed)
+    response = runtime.speak(args.text, options=opts, seed=args.seed, instruction=args.instruction)
     if response.audio is None:
         print("the model gave no speech units (finish reason: " + response.finish_reason + ")", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ interleaved from one thread, abandoned, or closed (which cancels their generatio
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 import time
@@ -235,6 +236,8 @@ class SpeechGPT:
     ) -> None:
         self.model = model
         self.engine: Engine = engine if engine is not None else default_engine(model)
+        self.reference = False
+        """Default of :meth:`stream`'s ``reference``: reproduce the original ``cli_infer.py``."""
         self._parts: dict[str, Any] = {"speech_tokenizer": speech_tokenizer, "vocoder": vocoder}
         self._loaders: dict[str, Callable[[], Any] | None] = {
             "speech_tokenizer": None if speech_tokenizer is not None else load_speech_tokenizer,
@@ -398,6 +401,8 @@ class SpeechGPT:
         history: Sequence[Turn],
         system: str | None,
         options: GenerationOptions,
+        instruction: str | None = None,
+        reference: bool = False,
     ) -> _Turn:
         units: tuple[int, ...] = ()
         if audio is not None:
@@ -419,6 +424,8 @@ class SpeechGPT:
             task=task,
             history=history,
             system=system,
+            instruction=instruction,
+            reference=reference,
             max_tokens=budget,
             count_tokens=self.model.count_tokens,
         )
@@ -448,6 +455,8 @@ class SpeechGPT:
         audio_chunk_units: int | None = None,
         grammar: Any = None,
         stop_event: threading.Event | None = None,
+        reference: bool | None = None,
+        instruction: str | None = None,
     ) -> Iterator[StreamEvent]:
         """Run one turn, yielding events as the model generates.
 
@@ -474,6 +483,13 @@ class SpeechGPT:
             stop_event: set it (from any thread) to end the answer before its next token as
                 if the model had stopped: the text and speech so far complete normally
                 (``finish_reason="stop"``). For a caller that saw what it wanted.
+            reference: reproduce the original ``cli_infer.py`` exactly, for evaluation against
+                published numbers (default: :attr:`reference`): no token healing (the prompt's
+                final space stays a lone token), ``min_new_tokens`` not enforced (the
+                original's ``GenerationConfig`` had no eos id, so it never applied), and the
+                ASR question as the original built it from what the user typed.
+            instruction: the ASR / TTS instruction (default: SpeechInstruct's, see
+                :data:`~speechgpt_agent.prompt.ASR_INSTRUCTION`).
             audio_chunk_units: units handed to the streaming vocoder at a time after the
                 first chunk (default 16 = about 0.5 s of speech). The first chunk goes as
                 soon as the vocoder's look-ahead is covered; smaller values lower the
@@ -492,8 +508,11 @@ class SpeechGPT:
         if output not in ("text", "speech", "both"):
             raise ValueError(f"output must be 'text', 'speech' or 'both', got {output!r}.")
         opts = options or GenerationOptions()
-        turn = self._prepare(text, audio, sample_rate, task, history, system, opts)
-        input_ids = self.model.encode_prompt(turn.prompt)
+        ref = self.reference if reference is None else reference
+        if ref:
+            opts = dataclasses.replace(opts, min_new_tokens=0)
+        turn = self._prepare(text, audio, sample_rate, task, history, system, opts, instruction, ref)
+        input_ids = self.model.encode(turn.prompt) if ref else self.model.encode_prompt(turn.prompt)
         tokens = self.engine.generate(input_ids, opts, seed=seed, stop_strings=(EOA,),
                                       logits_processors=logits_processors, grammar=grammar,
                                       stop_event=stop_event)

@@ -167,9 +167,15 @@ def escape_user_text(text: str) -> str:
 # --- questions and answers ---------------------------------------------------------------
 
 
-def asr_question(units: Sequence[int], instruction: str = ASR_INSTRUCTION) -> str:
-    """Question asking for the transcript of speech: ``"{instruction} This is input: <sosp>...<eosp>"``."""
-    return f"{escape_user_text(instruction)} {INPUT_MARKER} {format_units(units)}"
+def asr_question(units: Sequence[int], instruction: str = ASR_INSTRUCTION, *, reference: bool = False) -> str:
+    """Question asking for the transcript of speech: ``"{instruction} This is input: <sosp>...<eosp>"``.
+
+    ``reference=True`` writes it as the original CLI built it from what the user typed
+    (``"... This is input: x.wav"`` with the path replaced by its units): no space between
+    ``input:`` and ``<sosp>``.
+    """
+    sep = "" if reference else " "
+    return f"{escape_user_text(instruction)} {INPUT_MARKER}{sep}{format_units(units)}"
 
 
 def tts_question(text: str, instruction: str = TTS_INSTRUCTION) -> str:
@@ -206,7 +212,8 @@ def chain_of_modality_answer(
     return "; ".join(parts) + EOA
 
 
-def _question(question: str | None, units: Sequence[int] | None, task: Task | None) -> str:
+def _question(question: str | None, units: Sequence[int] | None, task: Task | None,
+              instruction: str | None = None, reference: bool = False) -> str:
     text = question.strip() if question is not None else ""
     if task in (None, "chat"):
         if units is not None and text:
@@ -219,11 +226,11 @@ def _question(question: str | None, units: Sequence[int] | None, task: Task | No
     if task == "asr":
         if units is None:
             raise ValueError("asr: give the units of the speech to transcribe.")
-        return asr_question(units, text or ASR_INSTRUCTION)
+        return asr_question(units, text or instruction or ASR_INSTRUCTION, reference=reference)
     if task == "tts":
         if units is not None:
             raise ValueError("tts: give the text to speak as question, not units.")
-        return tts_question(text)
+        return tts_question(text, instruction or TTS_INSTRUCTION)
     raise ValueError(f"task must be 'chat', 'asr' or 'tts', got {task!r}.")
 
 
@@ -313,6 +320,8 @@ def build_prompt(
     system: str | None = None,
     max_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
+    instruction: str | None = None,
+    reference: bool = False,
 ) -> str:
     """Build the full prompt of one turn; the model's answer is its continuation.
 
@@ -330,6 +339,10 @@ def build_prompt(
             Needs ``count_tokens``. Oldest turns are dropped, with a warning, until it fits
             (each turn is tokenized once: linear in the length of the history).
         count_tokens: number of tokens of a prompt string (``SpeechGPTModel.count_tokens``).
+        instruction: the ASR / TTS instruction before ``This is input:`` (default
+            :data:`ASR_INSTRUCTION` / :data:`TTS_INSTRUCTION`; for ASR, ``question`` too).
+        reference: the ASR question exactly as the original CLI built it (see
+            :func:`asr_question`).
 
     Raises:
         ValueError: inconsistent arguments (no question, ``asr`` without units ...).
@@ -337,7 +350,7 @@ def build_prompt(
         UnitError: invalid units.
         PromptTooLongError: the question alone does not fit ``max_tokens``.
     """
-    q = _question(question, units, task)
+    q = _question(question, units, task, instruction, reference)
     if system is None:
         sys_text = META_INSTRUCTION
     else:
