@@ -28,6 +28,7 @@ from .audio_codec import (
     decode_audio_bytes,
     encode_audio,
     int16_bytes,
+    speech_resampler,
     wav_stream_header,
 )
 from .config import ServerConfig
@@ -58,8 +59,9 @@ async def transcribe(runtime: Any, config: ServerConfig, raw: bytes, *, filename
         raise APIError(400, f"response_format {response_format!r} is not supported: use "
                             f"{', '.join(TRANSCRIPTION_FORMATS)}.", param="response_format")
     fmt = "pcm16" if filename.lower().endswith((".pcm", ".raw")) else "file"
+    resampler = speech_resampler(runtime) if whisper is None else "soxr"
     samples = await asyncio.to_thread(decode_audio_bytes, raw, fmt, max_seconds=config.max_audio_seconds,
-                                      param="file")
+                                      param="file", resampler=resampler)
     duration = samples.size / SAMPLE_RATE
     if whisper is not None:
         def run() -> tuple[str, list[dict[str, Any]], str]:

@@ -19,6 +19,7 @@ import binascii
 import io
 import re
 import struct
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -82,7 +83,8 @@ def _b64(data: str, param: str) -> bytes:
                             "base64.", param=param, code="invalid_audio") from exc
 
 
-def decode_audio_bytes(raw: bytes, fmt: str, *, max_seconds: float, param: str) -> np.ndarray:
+def decode_audio_bytes(raw: bytes, fmt: str, *, max_seconds: float, param: str,
+                       resampler: str = "soxr") -> np.ndarray:
     """Decode one clip held in memory.
 
     Args:
@@ -91,6 +93,8 @@ def decode_audio_bytes(raw: bytes, fmt: str, *, max_seconds: float, param: str) 
         fmt: the declared format.
         max_seconds: longest clip accepted (checked from the header before decoding).
         param: the request field, for error messages.
+        resampler: how other rates reach 16 kHz: the loaded speech tokenizer's own
+            (:func:`speech_resampler`), so a request's units are those of the Python API.
 
     Returns:
         float32 mono ``[samples]`` at 16 kHz.
@@ -105,19 +109,27 @@ def decode_audio_bytes(raw: bytes, fmt: str, *, max_seconds: float, param: str) 
                 raise AudioError(f"pcm16 audio has an odd number of bytes ({len(raw)}); it must "
                                  "be 16-bit little-endian mono samples at 24 kHz.")
             samples = np.frombuffer(raw, dtype="<i2")
-            return load_audio(samples, PCM16_RATE, max_seconds=max_seconds)
-        return load_audio(bytes(raw), max_seconds=max_seconds)
+            return load_audio(samples, PCM16_RATE, max_seconds=max_seconds, resampler=resampler)  # type: ignore[arg-type]
+        return load_audio(bytes(raw), max_seconds=max_seconds, resampler=resampler)  # type: ignore[arg-type]
     except AudioError as exc:
         hint = (f" This server takes clips of at most {max_seconds:g} s (serve --max-audio-seconds)."
                 if "max_seconds" in str(exc) else "")
         raise APIError(400, f"{param}: {exc}{hint}", param=param, code="invalid_audio") from exc
 
 
-def decode_input_audio(data: str, fmt: str, *, max_seconds: float, param: str) -> np.ndarray:
+def speech_resampler(runtime: Any) -> str:
+    """The resampler of ``runtime``'s speech tokenizer (``"torchaudio"`` for the released
+    mHuBERT one, as the original extracted units; ``"soxr"`` for the demo's), else soxr."""
+    tokenizer = getattr(runtime, "speech_tokenizer", None)
+    return str(getattr(tokenizer, "resampler", "soxr"))
+
+
+def decode_input_audio(data: str, fmt: str, *, max_seconds: float, param: str,
+                       resampler: str = "soxr") -> np.ndarray:
     """Decode an ``input_audio`` part (base64 ``data`` in ``fmt``); see :func:`decode_audio_bytes`."""
     raw = _b64(data, param)
     try:
-        return decode_audio_bytes(raw, fmt, max_seconds=max_seconds, param=param)
+        return decode_audio_bytes(raw, fmt, max_seconds=max_seconds, param=param, resampler=resampler)
     except APIError:
         if len(data) < 1024 and _PATH.match(data):  # a short path that happens to be base64
             raise _reference_error(data, param) from None

@@ -72,7 +72,7 @@ from ..model import GenerationOptions
 from ..parse import TextDelta, TranscriptDelta, Units
 from ..pipeline import AudioChunk, Completed, Response
 from ..prompt import META_INSTRUCTION, Turn
-from .audio_codec import PCM16Encoder, decode_input_audio, encode_audio
+from .audio_codec import PCM16Encoder, decode_input_audio, encode_audio, speech_resampler
 from .audio_store import AudioStore, audio_digest
 from .config import ServerConfig
 from .errors import APIError
@@ -312,8 +312,10 @@ def plan_turn(req: ChatCompletionRequest, runtime: Any, config: ServerConfig, st
 
     samples = None
     if question_audio:
+        resampler = speech_resampler(runtime)
         decoded = [decode_input_audio(p.input_audio.data, p.input_audio.format,
-                                      max_seconds=config.max_audio_seconds, param=where)
+                                      max_seconds=config.max_audio_seconds, param=where,
+                                      resampler=resampler)
                    for where, p in question_audio]
         samples = decoded[0] if len(decoded) == 1 else np.concatenate(decoded)
         seconds = samples.size / SAMPLE_RATE
