@@ -105,9 +105,11 @@ def extract_units(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     report = SkipReport("units")
     rate = tokenizer.sampling_rate
+    # the tokenizer's own resampler, so a clip gets the units tokenizer.encode(path) gives
+    resampler = getattr(tokenizer, "resampler", "soxr")
 
     def load(item: AudioItem) -> np.ndarray:
-        return load_audio(item.audio, target_rate=rate, max_seconds=max_seconds)
+        return load_audio(item.audio, target_rate=rate, max_seconds=max_seconds, resampler=resampler)
 
     with JsonlAppender(output) as out:
         todo = [item for item in items if item.id not in out.done]
