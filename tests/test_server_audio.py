@@ -35,3 +35,21 @@ def test_the_tokenizer_resampler_is_used():
 def test_speech_resampler_reads_the_runtime():
     assert speech_resampler(SimpleNamespace(speech_tokenizer=SimpleNamespace(resampler="torchaudio"))) == "torchaudio"
     assert speech_resampler(SimpleNamespace(speech_tokenizer=None)) == "soxr"
+
+
+def test_langchain_messages_use_the_given_resampler():
+    from langchain_core.messages import HumanMessage
+
+    from speechgpt_agent.audio import encode_wav
+    from speechgpt_agent.integrations.langchain.messages import to_turn_input
+
+    pcm, _ = _pcm16_24k()
+    wav = base64.b64encode(encode_wav(pcm.astype(np.float32) / 32768, 24_000)).decode()
+    msg = [HumanMessage(content=[{"type": "audio", "base64": wav, "mime_type": "audio/wav"}])]
+    asked = []
+    ta = to_turn_input(msg, resampler=lambda: asked.append(1) or "torchaudio").audio
+    so = to_turn_input(msg).audio
+    assert asked == [1] and ta.shape == so.shape and not np.allclose(ta, so, atol=1e-4)
+    assert np.array_equal(ta, load_audio(base64.b64decode(wav), resampler="torchaudio"))
+    assert to_turn_input([HumanMessage(content="hi")], resampler=lambda: asked.append(2) or "soxr").audio is None
+    assert asked == [1]  # no audio: the resampler is never asked for (nothing loads)

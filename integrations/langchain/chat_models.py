@@ -173,8 +173,11 @@ class _Request:
         self.chat = chat
         self.model_name = str(kwargs.get("model") or chat.model)
         self.stops = [s for s in (stop if stop is not None else chat.stop or []) if s]
+        self.spec = chat._spec(self.model_name)
+        spec = self.spec
         turn = to_turn_input(messages, allow_remote_audio=chat.allow_remote_audio,
-                             allow_local_files=chat.allow_local_files)
+                             allow_local_files=chat.allow_local_files,
+                             resampler=lambda: getattr(load_runtime(spec).speech_tokenizer, "resampler", "soxr"))
         self.requested_max = kwargs.get("max_tokens", chat.max_tokens)
 
         tools = kwargs.get("tools") or []
@@ -212,7 +215,6 @@ class _Request:
         self.speak = speak
         self.text_only = "audio" not in modalities
 
-        self.spec = chat._spec(self.model_name)
         self.options = chat._options(kwargs)
         self.stream_kwargs: dict[str, Any] = {
             "text": turn.text,

@@ -40,10 +40,11 @@ Everything after the last ``AIMessage`` is the current question; its audio is de
 from __future__ import annotations
 
 import base64
+import contextvars
 import io
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from speechgpt_agent.audio import SAMPLE_RATE, load_audio, wav_base64
+from speechgpt_agent.audio import SAMPLE_RATE, Resampler, load_audio, wav_base64
 from speechgpt_agent.audio import _b64decode as b64decode_lenient
 from speechgpt_agent.audio import _data_url_bytes as data_url_bytes
 from speechgpt_agent.audio import _sniff as sniff_container
@@ -143,6 +144,15 @@ def _not_audio(data: bytes, where: str) -> AudioError:
     )
 
 
+_RESAMPLER: contextvars.ContextVar[Resampler] = contextvars.ContextVar("speechgpt_resampler", default="soxr")
+"""How audio of other rates is brought to 16 kHz while :func:`to_turn_input` decodes (its
+``resampler=``: the speech tokenizer's own, so a message's units are the Python API's)."""
+
+
+def _load_audio(source: Any) -> np.ndarray:
+    return load_audio(source, resampler=_RESAMPLER.get())
+
+
 def decode_base64_audio(value: str, where: str = "the base64 field") -> np.ndarray:
     """Decode base64 of an encoded audio file (or a ``data:`` URL); never opens a path.
 
@@ -166,7 +176,7 @@ def decode_base64_audio(value: str, where: str = "the base64 field") -> np.ndarr
         raise AudioError(f"{where} is empty: no audio.")
     if audio_container(data) is None:
         raise _not_audio(data, where)
-    return load_audio(data)
+    return _load_audio(data)
 
 
 def load_audio_reference(ref: str, *, allow_remote: bool = True, allow_local: bool = True) -> np.ndarray:
@@ -195,7 +205,7 @@ def load_audio_reference(ref: str, *, allow_remote: bool = True, allow_local: bo
                 f"audio URL {_short(ref)!r} was not fetched: remote audio is off. Pass the audio as "
                 "base64, or allow fetching (SpeechGPTChat(allow_remote_audio=True)) if the "
                 "messages come from a trusted source.")
-        return load_audio(_download(ref))
+        return _load_audio(_download(ref))
     if scheme == "file" or (not scheme and ref[:5].lower() != "data:" and allow_local):
         if not allow_local:
             raise AudioError(
@@ -203,8 +213,8 @@ def load_audio_reference(ref: str, *, allow_remote: bool = True, allow_local: bo
                 "as base64, or allow them (SpeechGPTChat(allow_local_files=True)) if the "
                 "messages come from a trusted source.")
         if scheme == "file":
-            return load_audio(Path(urllib.request.url2pathname(urllib.parse.urlsplit(ref).path)))
-        return load_audio(ref)  # a path (or base64, as load_audio tries both)
+            return _load_audio(Path(urllib.request.url2pathname(urllib.parse.urlsplit(ref).path)))
+        return _load_audio(ref)  # a path (or base64, as load_audio tries both)
     if scheme:
         raise AudioError(f"unsupported audio URL scheme {scheme!r}: use file, http(s) or data URLs.")
     if ref[:5].lower() == "data:":
@@ -388,13 +398,16 @@ def _assistant_text(message: BaseMessage) -> str:
 
 
 def to_turn_input(messages: Sequence[BaseMessage], *, allow_remote_audio: bool = False,
-                  allow_local_files: bool = False) -> TurnInput:
+                  allow_local_files: bool = False,
+                  resampler: Resampler | Callable[[], Resampler] = "soxr") -> TurnInput:
     """Map a conversation onto one SpeechGPT turn (see the module docstring).
 
     Args:
         messages: the conversation.
         allow_remote_audio: fetch audio from ``http(s)://`` URLs in the messages.
         allow_local_files: read audio from local paths and ``file://`` URLs in the messages.
+        resampler: how the question's audio reaches 16 kHz (or a function giving it, called
+            only when there is audio): the speech tokenizer's own.
 
     Raises:
         ValueError: no messages, a conversation that does not end with a human or tool
@@ -451,8 +464,12 @@ def to_turn_input(messages: Sequence[BaseMessage], *, allow_remote_audio: bool =
         )
     samples = None
     if user_audio:
-        parts = [load_block_audio(b, allow_remote=allow_remote_audio, allow_local=allow_local_files)
-                 for b in user_audio]
+        token = _RESAMPLER.set(resampler() if callable(resampler) else resampler)
+        try:
+            parts = [load_block_audio(b, allow_remote=allow_remote_audio, allow_local=allow_local_files)
+                     for b in user_audio]
+        finally:
+            _RESAMPLER.reset(token)
         samples = parts[0] if len(parts) == 1 else np.concatenate(parts)
     text = "\n".join(user).strip() or None
     if text is None and samples is None:
