@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .tool_calling import CALL_OPENERS, complete_json_at, parse_tool_calls
+from .tool_calling import CALL_OPENERS, ParsedAnswer, complete_json_at, parse_tool_calls
 
 __all__ = ["AnswerText", "stop_holdback"]
 
@@ -37,16 +37,21 @@ class AnswerText:
         json_answer: the answer is one JSON value (structured output).
         speak: speech follows the text (a JSON answer then does not end the generation).
         default_tool: the tool a bare-arguments call means (one bound tool), or ``None``.
+        forced: a call was demanded (``tool_choice`` any or a name): text is read as a call.
+        single_call: at most one call (``parallel_tool_calls=False``).
         on_stop: called (possibly more than once) when the generation should end.
     """
 
     def __init__(self, *, stops: Sequence[str], tools_active: bool, json_answer: bool, speak: bool,
-                 default_tool: str | None, on_stop: Callable[[], None]) -> None:
+                 default_tool: str | None, on_stop: Callable[[], None], forced: bool = False,
+                 single_call: bool = False) -> None:
         self.stops = list(stops)
         self.tools_active = tools_active
         self.json_answer = json_answer
         self.speak = speak
         self.default_tool = default_tool
+        self.forced = forced
+        self.single_call = single_call
         self.on_stop = on_stop
         self.text = ""
         """All text received, cut at a stop sequence."""
@@ -94,3 +99,18 @@ class AnswerText:
         out = self.text[len(self.emitted): end]
         self.emitted = self.text[:end]
         return out
+
+    def parsed(self) -> ParsedAnswer:
+        """The whole answer: its text and, with tools bound, its tool calls."""
+        if not self.tools_active:
+            return ParsedAnswer(self.text)
+        parsed = parse_tool_calls(self.text, default_tool=self.default_tool, forced=self.forced)
+        if self.single_call:
+            parsed.tool_calls = parsed.tool_calls[:1]
+            parsed.invalid_tool_calls = parsed.invalid_tool_calls[: 1 - len(parsed.tool_calls)]
+        return parsed
+
+    def unreleased(self, content: str) -> str:
+        """The part of the final ``content`` not released yet (``""`` if it no longer
+        continues what was released)."""
+        return content[len(self.emitted):] if content.startswith(self.emitted) else ""

@@ -102,7 +102,6 @@ from .tool_calling import (
     answer_grammar,
     json_answer_prompt,
     normalize_tool_choice,
-    parse_tool_calls,
     tool_prompt,
     tool_specs,
 )
@@ -318,7 +317,8 @@ class _Answer:
         self.stopper = stopper
         self.follow = AnswerText(stops=request.stops, tools_active=request.tools_active,
                                  json_answer=request.json_answer is not None, speak=request.speak,
-                                 default_tool=request.default_tool, on_stop=stopper.set)
+                                 default_tool=request.default_tool, on_stop=stopper.set,
+                                 forced=request.forced, single_call=request.single_call)
         self.transcript = ""
         self.sent_transcript = ""  # the part of it already streamed in chunk metadata
         self.units: list[int] = []
@@ -327,31 +327,6 @@ class _Answer:
         self.response: Response | None = None
 
     # -- text --
-
-    @property
-    def text(self) -> str:
-        return self.follow.text
-
-    @property
-    def emitted(self) -> str:
-        return self.follow.emitted
-
-    @property
-    def stopped(self) -> bool:
-        return self.follow.stopped
-
-    def _on_text(self, delta: str) -> str:
-        return self.follow.feed(delta)
-
-    def _parsed(self) -> ParsedAnswer:
-        if not self.request.tools_active:
-            return ParsedAnswer(self.text)
-        parsed = parse_tool_calls(self.text, default_tool=self.request.default_tool,
-                                  forced=self.request.forced)
-        if self.request.single_call:
-            parsed.tool_calls = parsed.tool_calls[:1]
-            parsed.invalid_tool_calls = parsed.invalid_tool_calls[: 1 - len(parsed.tool_calls)]
-        return parsed
 
     # -- events -> chunks --
 
@@ -363,7 +338,7 @@ class _Answer:
     def feed(self, event: Any) -> list[ChatGenerationChunk]:
         """Chunks to stream for one runtime event (often none)."""
         if isinstance(event, TextDelta):
-            text = self._on_text(event.text)
+            text = self.follow.feed(event.text)
             return [ChatGenerationChunk(message=self._text_chunk(text))] if text else []
         if isinstance(event, TranscriptDelta):
             self.transcript += event.text
@@ -389,9 +364,9 @@ class _Answer:
 
     def last_chunk(self) -> ChatGenerationChunk:
         """The final chunk: the rest of the text, tool calls, usage and metadata."""
-        parsed = self._parsed()
+        parsed = self.follow.parsed()
         content: list[Any] | str = [] if not self.request.text_only else ""
-        rest = parsed.content[len(self.emitted):] if parsed.content.startswith(self.emitted) else ""
+        rest = self.follow.unreleased(parsed.content)
         if rest:
             content = rest if self.request.text_only else [{"type": "text", "text": rest, "index": 0}]
         if not parsed.tool_calls and not parsed.invalid_tool_calls and self.held_audio:
@@ -416,7 +391,7 @@ class _Answer:
 
     def message(self) -> AIMessage:
         """The whole answer as one message (``invoke``)."""
-        parsed = self._parsed()
+        parsed = self.follow.parsed()
         calls = parsed.tool_calls or parsed.invalid_tool_calls
         audio = None if self.response is None or calls else self.response.audio
         if self.request.text_only:
@@ -448,7 +423,7 @@ class _Answer:
     def _metadata(self, parsed: ParsedAnswer | None = None) -> dict[str, Any]:
         r = self.response
         reason = r.finish_reason if r else "cancelled"
-        if self.stopped:
+        if self.follow.stopped:
             reason = "stop"
         extra: dict[str, Any] = {}
         if parsed is not None and parsed.invalid_tool_calls:

@@ -62,7 +62,6 @@ from ..integrations.langchain.tool_calling import (
     ParsedAnswer,
     json_answer_prompt,
     normalize_tool_choice,
-    parse_tool_calls,
     render_tool_calls,
     render_tool_result,
     tool_prompt,
@@ -480,7 +479,8 @@ class AnswerBuilder:
         self.audio_id = AudioStore.new_id() if turn.speak else None
         self.follow = AnswerText(stops=turn.stops, tools_active=turn.tools_active,
                                  json_answer=turn.json_answer is not None, speak=turn.speak,
-                                 default_tool=turn.default_tool, on_stop=stopper.set)
+                                 default_tool=turn.default_tool, on_stop=stopper.set,
+                                 forced=turn.forced, single_call=turn.single_call)
         self.heard = ""
         self.response: Response | None = None
         self.encoder = PCM16Encoder() if turn.speak and streaming else None
@@ -491,29 +491,10 @@ class AnswerBuilder:
 
     # -- text --
 
-    @property
-    def text(self) -> str:
-        return self.follow.text
-
-    @property
-    def emitted(self) -> str:
-        return self.follow.emitted
-
-    @property
-    def stopped(self) -> bool:
-        return self.follow.stopped
-
-    def _on_text(self, delta: str) -> str:
-        return self.follow.feed(delta)
-
     def parsed(self) -> ParsedAnswer:
-        if not self.turn.tools_active:
-            return ParsedAnswer(self.text.strip() if self.turn.json_answer is not None else self.text)
-        parsed = parse_tool_calls(self.text, default_tool=self.turn.default_tool, forced=self.turn.forced)
-        if self.turn.single_call:
-            parsed.tool_calls = parsed.tool_calls[:1]
-            parsed.invalid_tool_calls = parsed.invalid_tool_calls[: 1 - len(parsed.tool_calls)]
-        return parsed
+        if not self.turn.tools_active and self.turn.json_answer is not None:
+            return ParsedAnswer(self.follow.text.strip())
+        return self.follow.parsed()
 
     # -- deltas --
 
@@ -544,7 +525,7 @@ class AnswerBuilder:
     def feed(self, event: Any) -> list[dict[str, Any]]:
         """Deltas to stream for one event (often none)."""
         if isinstance(event, TextDelta):
-            text = self._on_text(event.text)
+            text = self.follow.feed(event.text)
             return [self._text_delta(text)] if text else []
         if isinstance(event, TranscriptDelta):
             self.heard += event.text
@@ -570,7 +551,7 @@ class AnswerBuilder:
     def _finish_reason(self, parsed: ParsedAnswer) -> str:
         if parsed.tool_calls or parsed.invalid_tool_calls:
             return "tool_calls"
-        if self.stopped:
+        if self.follow.stopped:
             return "stop"
         reason = self.response.finish_reason if self.response is not None else "stop"
         return "length" if reason == "length" else "stop"
@@ -598,7 +579,7 @@ class AnswerBuilder:
         """The last deltas (rest of the text, held audio, tool calls) and the finish reason."""
         parsed = self.parsed()
         deltas: list[dict[str, Any]] = []
-        rest = parsed.content[len(self.emitted):] if parsed.content.startswith(self.emitted) else ""
+        rest = self.follow.unreleased(parsed.content)
         calls = self._tool_calls(parsed)
         if rest:
             deltas.append(self._text_delta(rest))
