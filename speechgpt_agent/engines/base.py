@@ -42,10 +42,11 @@ class _Channel:
 
     The producer calls :meth:`put` / :meth:`finish` / :meth:`fail` from any thread; the
     consumer blocks in :meth:`get` or awaits :meth:`aget`. :attr:`backlog` (ids produced but
-    not yet consumed) lets a producer pause a stream that nobody reads.
+    not yet consumed) lets a producer pause a stream that nobody reads; ``on_consume(backlog)``
+    tells it after each read, so it can resume one.
     """
 
-    def __init__(self, on_consume: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_consume: Callable[[int], None] | None = None) -> None:
         self._items: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -87,7 +88,7 @@ class _Channel:
     def _pop(self) -> Any:
         item = self._items.popleft()
         if self._on_consume is not None:
-            self._on_consume()
+            self._on_consume(len(self._items))
         return item
 
     def get(self) -> Any:

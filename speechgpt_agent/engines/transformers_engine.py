@@ -253,7 +253,15 @@ class TransformersEngine(Engine):
         turn = _Turn(self, ids.to(self.model.device), opts, generator, stop,
                      min(opts.max_new_tokens, room), procs, adapter, stop_event)
         stream = TokenStream(turn.prompt_tokens, turn.cancel)
-        stream.channel._on_consume = self._wake
+        resume_at = self.max_ahead - 1
+
+        def consumed(backlog: int) -> None:
+            # a paused turn (backlog at max_ahead) can go on: wake the worker only then,
+            # not for every token read
+            if backlog == resume_at:
+                self._wake()
+
+        stream.channel._on_consume = consumed
         turn.channel = stream.channel
         with self._cond:
             self._pending.append(turn)
