@@ -36,8 +36,8 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium installed here (apt-get install chromium); .ci/run installs it")
 
 KEY = "sk-test-voice-page"
-HOLD_S = 3.2  # the question lasts 2.0 s, then 4 s of silence before the fake device loops
-# (a long silence: on a loaded machine the microphone opens late and a hold runs on)
+HOLD_S = 4.0  # 1 s of silence, the 2.0 s question, then 4 s of silence before the fake device loops
+# (silence on both sides: on a loaded machine recording starts late and a hold runs on)
 ARTIFACTS = Path(os.environ.get("SPEECHGPT_TEST_ARTIFACTS", Path(__file__).parents[1] / "build" / "test-artifacts"))
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -61,10 +61,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def question_wav(tmp_path_factory) -> Path:
-    """The demo question then 4 s of silence, 16-bit PCM (what Chromium's fake device reads)."""
+    """1 s of silence, the demo question, 4 s of silence; 16-bit PCM (what Chromium's fake device reads)."""
     samples, rate = sf.read(str(DEMO_QUESTION), dtype="int16")
     path = tmp_path_factory.mktemp("mic") / "question_then_silence.wav"
-    sf.write(str(path), np.concatenate([samples, np.zeros(int(4.0 * rate), np.int16)]), rate, subtype="PCM_16")
+    sf.write(str(path), np.concatenate([np.zeros(rate, np.int16), samples, np.zeros(int(4.0 * rate), np.int16)]), rate, subtype="PCM_16")
     return path
 
 
