@@ -12,9 +12,24 @@ Steps (each skipped when its output exists, so a rerun resumes):
 5. ``evaluate``: the quality benchmark on held-out questions and a held-out voice;
 6. ``export`` (``--export``): copy the artifacts into ``speechgpt_agent/assets/demo``.
 
-Reproducible from ``--seed``. On 2 CPU cores the LLM's three stages take about 100 minutes
-(stage minutes are in the card's ``recipe.training_minutes``); the vocoder trains at the
-same time, one thread each.
+Reproducible from ``--seed``. On 2 CPU cores the LLM's three stages took about 100 minutes
+in the first edition (stage minutes are in the card's ``recipe.training_minutes``); the
+second edition adds ~6% to stages 2 and 3 (about 105 minutes, see :data:`EDITION`); the
+vocoder trains at the same time, one thread each.
+
+Second edition (issue 20, "The demo model, second edition"), what changes:
+
+* voices: every clip's voice is drawn from all usable English espeak-ng voices and
+  variants (:data:`.corpus.TRAIN_LANGUAGES` x :data:`.corpus.TRAIN_VARIANTS`, screened by
+  :mod:`.voices`) instead of ten fixed ones, with the same number of clips; a held-out set
+  (:data:`.corpus.HELD_OUT_LANGUAGES`, :data:`.corpus.HELD_OUT_VARIANTS`) is never used,
+  and the benchmark speaks in :data:`.corpus.HELD_OUT_VOICES`. The answer voice is unchanged;
+* "i do not know" (:data:`.world.IDK_ANSWER`): out-of-world questions (training half of
+  :func:`.world.out_of_world`), spoken (:data:`IDK_RECORDINGS` each) and written, and
+  non-speech clips (:data:`NONSPEECH_CLIPS`: silence, white/pink noise, 30-200 ms clips,
+  generated from the seed) in stages 2 and 3 (:data:`IDK_REPEATS`), a few percent of each;
+* no-tool digits questions (:data:`NO_TOOL_QUESTIONS`): answered in text, never a call;
+* the card records the edition, the voices and the IDK/no-tool figures (:func:`edition_card`).
 """
 
 from __future__ import annotations
@@ -75,6 +90,29 @@ COM_FORMATS = ("s2s", "t2t")
 EXTRA_RECORDINGS = 12
 """Extra recordings of each spoken question and answer word (see corpus.plan_clips): ASR in
 stages 2 and 3, spoken questions in stage 3."""
+IDK_RECORDINGS = 6
+"""Recordings of each out-of-world training question (split ``idk_train``), in training voices."""
+NONSPEECH_CLIPS = {"idk_noise": 160, "heldout_noise": 40}
+"""Non-speech clips (corpus.plan_nonspeech): for training, and for the recipe's own evaluation."""
+IDK_REPEATS = {"ma": 5, "cm_text": 6, "cm_chain": 4, "com_chain": 6}
+"""How often each out-of-world training question appears: stage 1's plain-text forms
+(llm_data.knowledge_text), stage 2's text turns and chain text form, stage 3's chain text
+form. Stage 3 also has one spoken and one written dialogue per recording (s2s, t2t), stage 2
+the ASR of each recording; each non-speech clip gives one ASR sample with an empty transcript
+(stage 2) and one spoken dialogue (stage 3). About 3% of stage 2's samples and 5% of stage
+3's answer "i do not know" (tests/test_demo_recipe.py checks the shares)."""
+NO_TOOL_QUESTIONS = {"cm": 300, "com": 200}
+"""Digits questions with no tool bound, answered in text (world.no_tool_questions: half on
+the world's numbers, half beyond it), numbers from seed + 5 (stage 2) and seed + 6 (stage 3)."""
+NO_TOOL_SEED_OFFSETS = {"cm": 5, "com": 6}
+EDITION = {
+    "edition": 2,
+    "estimated_training_minutes": {"ma": 34, "cm": 52, "com": 19},
+    "estimate_basis": "first edition's card (ma 33.3, cm 49.2, com 17.7 min on 2 cores) scaled by the "
+                      "samples of stage 2 (mixed batches, padded to their longest: time ~ samples) and "
+                      "the tokens of stage 3 (length-grouped: time ~ tokens), counted on the planned data",
+}
+"""What the card records of this edition (:func:`edition_card`)."""
 DEMO_QUESTION_TEXT = "what is seven plus five"
 """The bundled question (held out: never heard in training)."""
 
@@ -113,19 +151,44 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def build_corpus(out: Path, seed: int) -> Path:
-    from .corpus import plan_clips, synthesize_corpus
-    from .world import closed_world, spoken_answers
+def plan_corpus(seed: int) -> list[Any]:
+    """Every espeak-ng clip of the corpus (:func:`.corpus.plan_clips`), as :func:`build_corpus` plans them."""
+    from .corpus import plan_clips
+    from .world import IDK_ANSWER, closed_world, out_of_world, spoken_answers
 
     world = closed_world(seed)
-    train_texts = [q.question for q in world if not q.held_out] + spoken_answers(world)
-    eval_texts = [q.question for q in world] + spoken_answers(world)
+    answers = spoken_answers(world) + [IDK_ANSWER]
+    train_texts = [q.question for q in world if not q.held_out] + answers
+    eval_texts = [q.question for q in world] + answers
     # more recordings of the spoken questions and of the answer words: the words a turn
     # must hear (the answers too, when the model's own spoken answer is transcribed back)
-    extra_texts = [q.question for q in world if not q.held_out] + spoken_answers(world)
-    return synthesize_corpus(plan_clips(train_texts, eval_texts, seed, extra_texts=extra_texts,
-                                        extra_per_text=EXTRA_RECORDINGS,
-                                        answer_texts=spoken_answers(world)), out / "corpus")
+    extra_texts = [q.question for q in world if not q.held_out] + answers
+    outside = out_of_world(seed)
+    return plan_clips(train_texts, eval_texts, seed, extra_texts=extra_texts, extra_per_text=EXTRA_RECORDINGS,
+                      answer_texts=answers, idk_texts=[q.question for q in outside if not q.held_out],
+                      idk_per_text=IDK_RECORDINGS, idk_eval_texts=[q.question for q in outside if q.held_out])
+
+
+def plan_nonspeech_corpus(seed: int) -> list[Any]:
+    """The non-speech clips (:data:`NONSPEECH_CLIPS`), training and held-out ones from their own seeds."""
+    from .corpus import plan_nonspeech
+
+    return [c for k, (split, n) in enumerate(sorted(NONSPEECH_CLIPS.items()))
+            for c in plan_nonspeech(n, seed + 20 + k, split)]
+
+
+def build_corpus(out: Path, seed: int) -> Path:
+    from .corpus import synthesize_corpus, write_nonspeech
+
+    clips = plan_corpus(seed)
+    folder = out / "corpus"
+    synthesize_corpus(clips, folder)  # the speech first: short clips are cut from it
+    rows = []
+    for split, source_split in (("idk_noise", "train"), ("heldout_noise", "heldout_voice")):
+        sources = [folder / "wavs" / f"{c.id}.wav" for c in clips if c.split == source_split][:200]
+        rows += write_nonspeech([c for c in plan_nonspeech_corpus(seed) if c.split == split], folder, seed,
+                                speech_audio=sources)
+    return synthesize_corpus(clips, folder, extra_rows=rows)
 
 
 def build_units(out: Path, seed: int) -> Path:
@@ -169,15 +232,19 @@ def stage1_text(world: list[Any], seed: int) -> list[str]:
     """The plain-text lines stage 1 reads besides the unit sequences: the closed world's
     answers and calculator conversations (whole ones, calls alone, answers from a result alone)."""
     from .llm_data import knowledge_text, tool_text
-    from .world import tool_questions
+    from .world import out_of_world, tool_questions
 
+    outside = [q for q in out_of_world(seed) if not q.held_out]
     return (knowledge_text(world, repeats=TEXT_REPEATS, seed=seed)
+            + knowledge_text(outside, repeats=IDK_REPEATS["ma"], seed=seed + 7)
             + tool_text(tool_questions(TOOL_TEXT_QUESTIONS, seed + 1))
             + tool_text(tool_questions(TOOL_CALL_TEXT_QUESTIONS, seed + 2), part="call")
             + tool_text(tool_questions(TOOL_RESULT_TEXT_QUESTIONS, seed + 3), part="answer"))
 
 
-def build_llm_data(out: Path, seed: int) -> Path:
+def build_llm_data(out: Path, seed: int, *, init_model: bool = True) -> Path:
+    """The three stages' training files under ``out/data`` (and the initial LLM in
+    ``out/llm_init`` unless ``init_model`` is False), from ``out/units.jsonl``."""
     from speechgpt_agent.testing.llm import make_tiny_speechgpt
     from speechgpt_agent.training.builders import (
         build_chain_of_modality,
@@ -193,15 +260,19 @@ def build_llm_data(out: Path, seed: int) -> Path:
         chain_knowledge_examples,
         dialogues,
         knowledge_examples,
+        no_tool_examples,
+        nonspeech_asr_examples,
+        nonspeech_dialogue_examples,
         task_examples,
         tokenizer_corpus,
         tool_text_examples,
         tool_use_examples,
         write_jsonl,
     )
-    from .world import closed_world, tool_questions
+    from .world import IDK_ANSWER, closed_world, no_tool_questions, out_of_world, tool_questions
 
     world = closed_world(seed)
+    outside = [q for q in out_of_world(seed) if not q.held_out]  # held-out ones: nowhere in training
     tools = tool_questions(TOOL_QUESTIONS, seed)
     tool_lines = _json_lines(tool_use_examples(tools))
     data = out / "data"
@@ -229,11 +300,24 @@ def build_llm_data(out: Path, seed: int) -> Path:
     for k in range(ANSWER_TTS_REPEATS):
         build_cross_modal(answer_records, data / "cm_answer", directions=("tts",), seed=seed + k, report=report)
         answer_tts += _lines(data / "cm_answer" / "train.jsonl")
+    # second edition: out-of-world questions (ASR of their recordings, text turns, the chain's
+    # text form), non-speech clips (empty transcripts) and no-tool digits questions
+    idk_rows = [r for r in rows if r["split"] == "idk_train"]
+    noise_rows = [r for r in rows if r["split"] == "idk_noise"]
+    write_jsonl(data / "units.idk.jsonl", idk_rows)
+    idk_records = read_unit_records([data / "units.idk.jsonl"], report)
+    build_cross_modal(idk_records, data / "cm_idk", directions=("asr",), seed=seed, report=report)
     _append_shuffled(data / "cm" / "train.jsonl",
                      _lines(data / "cm_extra" / "train.jsonl") + answer_tts
                      + _json_lines(knowledge_examples(world, repeats=KNOWLEDGE_REPEATS))
                      + _json_lines(chain_knowledge_examples(world, repeats=CHAIN_KNOWLEDGE_REPEATS["cm"]))
-                     + _json_lines(tool_text_examples(tool_questions(CM_TOOL_TEXT_QUESTIONS, seed + 4))), seed)
+                     + _json_lines(tool_text_examples(tool_questions(CM_TOOL_TEXT_QUESTIONS, seed + 4)))
+                     + _lines(data / "cm_idk" / "train.jsonl")
+                     + _json_lines(knowledge_examples(outside, repeats=IDK_REPEATS["cm_text"]))
+                     + _json_lines(chain_knowledge_examples(outside, repeats=IDK_REPEATS["cm_chain"]))
+                     + _json_lines(nonspeech_asr_examples(noise_rows))
+                     + _json_lines(no_tool_examples(no_tool_questions(NO_TOOL_QUESTIONS["cm"],
+                                                                      seed + NO_TOOL_SEED_OFFSETS["cm"]))), seed)
     by_text: dict[str, list[str]] = {}
     for r in train_rows:
         by_text.setdefault(r["text"], []).append(r["id"])
@@ -257,17 +341,37 @@ def build_llm_data(out: Path, seed: int) -> Path:
     build_chain_of_modality(read_dialogues(data / "dialogues.extra.jsonl", report,
                                            unit_index(spoken + list(extra_records))),
                             data / "com_extra", formats=("s2s",), seed=seed, report=report)
+    # out-of-world questions: one spoken (s2s) and one written (t2t) dialogue per recording,
+    # answered "i do not know" in the model's own voice
+    idk_by_text: dict[str, list[str]] = {}
+    for r in idk_rows:
+        idk_by_text.setdefault(r["text"], []).append(r["id"])
+    idk_units = {**units, **{r["id"]: r for r in idk_rows}}
+    write_jsonl(data / "dialogues.idk.jsonl",
+                dialogues(outside, idk_units, {**by_text, **idk_by_text}, seed=seed, answer_voice=own_voice))
+    build_chain_of_modality(read_dialogues(data / "dialogues.idk.jsonl", report,
+                                           unit_index(spoken + list(idk_records))),
+                            data / "com_idk", formats=COM_FORMATS, seed=seed, report=report)
+    idk_units_answer = next(r["units"] for r in answer_rows if r["text"] == IDK_ANSWER)
     # calculator conversations, ASR/TTS in the chat template, and the extra recordings join
-    # the stage-3 file
+    # the stage-3 file; so do the second edition's "i do not know" and no-tool samples
     _append_shuffled(data / "com" / "train.jsonl",
                      tool_lines * TOOL_REPEATS
                      + _json_lines(task_examples(train_rows, per_text=2, seed=seed))
                      + _json_lines(task_examples(extra_rows, per_text=EXTRA_RECORDINGS, seed=seed, tts=False))
                      + _lines(data / "com_extra" / "train.jsonl")
-                     + _json_lines(chain_knowledge_examples(world, repeats=CHAIN_KNOWLEDGE_REPEATS["com"])), seed)
+                     + _json_lines(chain_knowledge_examples(world, repeats=CHAIN_KNOWLEDGE_REPEATS["com"]))
+                     + _lines(data / "com_idk" / "train.jsonl")
+                     + _json_lines(task_examples(idk_rows, per_text=2, seed=seed, tts=False))
+                     + _json_lines(chain_knowledge_examples(outside, repeats=IDK_REPEATS["com_chain"]))
+                     + _json_lines(nonspeech_dialogue_examples(noise_rows, idk_units_answer))
+                     + _json_lines(no_tool_examples(no_tool_questions(NO_TOOL_QUESTIONS["com"],
+                                                                      seed + NO_TOOL_SEED_OFFSETS["com"]))), seed)
     if len(report):
         log.warning("%s", report.summary())
-    make_tiny_speechgpt(out / "llm_init", seed=seed, corpus=tokenizer_corpus(world, tools),
+    if not init_model:
+        return data
+    make_tiny_speechgpt(out / "llm_init", seed=seed, corpus=tokenizer_corpus([*world, *outside], tools),
                         dtype=__import__("torch").float32, safetensors=True, with_speech_tokens=False,
                         lm_head_std=None, **LLM_DIMS)
     return data
@@ -297,6 +401,37 @@ def _training_minutes(out: Path) -> dict[str, float]:
             if runtime is not None:
                 minutes[stage] = round(float(runtime) / 60, 1)
     return minutes
+
+
+def edition_card(seed: int) -> dict[str, Any]:
+    """The card's ``edition`` section: what the second edition changes and what it trained on.
+
+    * ``voices``: the training languages and variants (drawn per clip), the held-out
+      languages and variants (never used in training) and the benchmark's voices;
+    * ``idk``: the fixed answer, the held-out out-of-world questions (the benchmark's), the
+      non-speech kinds, levels and short-clip lengths;
+    * ``no_tool``: how many digits questions without a tool each stage answers in text;
+    * the training-time estimate and its basis (:data:`EDITION`).
+    """
+    from . import corpus
+    from .world import IDK_ANSWER, out_of_world
+
+    return {
+        **EDITION,
+        "voices": {"train_languages": list(corpus.TRAIN_LANGUAGES),
+                   "train_variants": [v for v in corpus.TRAIN_VARIANTS if v],
+                   "held_out_languages": list(corpus.HELD_OUT_LANGUAGES),
+                   "held_out_variants": list(corpus.HELD_OUT_VARIANTS),
+                   "held_out_voices": list(corpus.HELD_OUT_VOICES),
+                   "answer_voice": list(corpus.ANSWER_VOICE),
+                   "voices_per_text": corpus.VOICES_PER_TEXT, "extra_recordings": EXTRA_RECORDINGS},
+        "idk": {"answer": IDK_ANSWER, "recordings_per_question": IDK_RECORDINGS,
+                "held_out_questions": [q.question for q in out_of_world(seed) if q.held_out],
+                "nonspeech_kinds": list(corpus.NONSPEECH_KINDS), "noise_levels_db": list(corpus.NOISE_LEVELS_DB),
+                "short_clip_ms": list(corpus.SHORT_CLIP_MS), "nonspeech_clips": NONSPEECH_CLIPS,
+                "repeats": IDK_REPEATS},
+        "no_tool": NO_TOOL_QUESTIONS,
+    }
 
 
 def export(out: Path, target: Path) -> Path:
@@ -384,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"--seed {args.seed}", "seed": args.seed,
                           "minutes_this_invocation": round((time.time() - t0) / 60, 1),
                           "training_minutes": _training_minutes(out)}
+        card["edition"] = edition_card(args.seed)
         (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     if args.export:
         from speechgpt_agent.demo import DEMO_DIR

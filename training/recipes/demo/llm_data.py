@@ -13,6 +13,15 @@
   the chat-template ASR/TTS samples (:func:`task_examples`); and calculator tool-use
   conversations written exactly as
   :class:`~speechgpt_agent.integrations.langchain.SpeechGPTChat` renders them.
+
+Second edition ("it knows what it does not know"): the out-of-world questions of
+:func:`.world.out_of_world` (training half) enter every stage as the closed world's do,
+with the answer :data:`.world.IDK_ANSWER` (text in stage 1; text turns, the chain's text
+form and ASR of their recordings in stage 2; spoken and written dialogues in stage 3);
+non-speech clips (silence, noise, too-short clips) get an empty transcript in stage 2's ASR
+(:func:`nonspeech_asr_examples`) and the spoken "i do not know" in stage 3
+(:func:`nonspeech_dialogue_examples`); digits questions with no tool bound get text turns
+(:func:`no_tool_examples`), the number word or the IDK sentence, never a call.
 """
 
 from __future__ import annotations
@@ -24,19 +33,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 from speechgpt_agent.prompt import (
+    EOA,
+    EOH,
+    HUMAN,
     META_INSTRUCTION,
     SPEECHGPT,
     TA,
     UA,
+    asr_question,
     build_prompt,
     chain_of_modality_answer,
     escape_user_text,
+    format_units,
 )
 
-from .world import QA, ToolQuestion
+from .world import IDK_ANSWER, QA, NoToolQuestion, ToolQuestion
 
 __all__ = [
-    "calculator_system_prompt", "chain_knowledge_examples", "dialogues", "knowledge_examples", "knowledge_text", "task_examples",
+    "calculator_system_prompt", "chain_knowledge_examples", "dialogues", "knowledge_examples", "knowledge_text",
+    "no_tool_examples", "nonspeech_asr_examples", "nonspeech_dialogue_examples", "task_examples",
     "tokenizer_corpus", "tool_text", "tool_text_examples", "tool_use_examples",
 ]
 
@@ -231,6 +246,37 @@ def dialogues(world: Sequence[QA], units: dict[str, dict[str, Any]], texts_to_id
             lines.append({"id": f"q{n}_s{k}", "question": qa.question, "answer": qa.answer,
                           "question_audio": question_id, "answer_audio": own or drawn})
     return lines
+
+
+def no_tool_examples(questions: Sequence[NoToolQuestion]) -> list[dict[str, str]]:
+    """Digits questions as the runtime's plain text turns (no tool section in the system
+    text), answered in text: the number word, or :data:`.world.IDK_ANSWER` for numbers
+    beyond the world. With the calculator bound the same forms get a call
+    (:func:`tool_use_examples`); without it, the first edition answered with the raw text of
+    a call."""
+    return [{"prefix": META_INSTRUCTION, "plain_text": _text_turn(QA(q.question, q.answer, "fact"))}
+            for q in questions]
+
+
+def nonspeech_dialogue_examples(records: Sequence[dict[str, Any]], answer_units: Sequence[int]) -> list[dict[str, str]]:
+    """Stage-3 speech-in, speech-out samples of non-speech clips (silence, noise, too short):
+    an empty transcript, then :data:`.world.IDK_ANSWER` in text and in ``answer_units`` (its
+    recording in the model's own voice).
+
+    The form of :func:`speechgpt_agent.training.builders.chain_of_modality_example`'s
+    ``s2s`` (which refuses an empty transcript): ``[Human]: <sosp>..<eosp><eoh>.
+    [SpeechGPT]: ; [ta] i do not know; [ua] <sosp>..<eosp><eoa>.``
+    """
+    answer = chain_of_modality_answer(transcript="", text=IDK_ANSWER, units=answer_units)
+    return [{"prefix": META_INSTRUCTION,
+             "plain_text": f"{HUMAN}: {format_units(r['units'])}{EOH}. {SPEECHGPT}: {answer}."} for r in records]
+
+
+def nonspeech_asr_examples(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Stage-2 ASR samples of non-speech clips, in the form of ``build_cross_modal``'s: the
+    transcript is empty (``[SpeechGPT]: <eoa>``), nothing was said."""
+    return [{"prefix": META_INSTRUCTION,
+             "plain_text": f"{HUMAN}: {asr_question(r['units'])}{EOH} {SPEECHGPT}: {EOA} "} for r in records]
 
 
 def tokenizer_corpus(world: Sequence[QA], tools: Sequence[ToolQuestion]) -> list[str]:

@@ -9,6 +9,14 @@ Everything the demo model knows is listed here, so that its quality can be check
   what it learned, so with a calculator bound it calls it in SpeechGPTChat's JSON form and
   answers from the result.
 
+Second edition: it knows what it does not know. Questions outside this world
+(:data:`OUT_OF_WORLD_QUESTIONS`: jokes, other capitals, numbers past ten, times...), and with
+them silence, noise and clips too short to hold a question (:mod:`.corpus`), are answered
+with one fixed sentence, :data:`IDK_ANSWER`; half of the out-of-world questions
+(:func:`out_of_world`) are held out for the benchmark. Digits questions asked with no tool
+bound (:func:`no_tool_questions`) get a text answer: the number word when the numbers are
+the world's, :data:`IDK_ANSWER` otherwise; never the text of a calculator call.
+
 Held-out questions: a fixed share of the arithmetic questions is never *heard* in training
 (no speech of them, no ASR/TTS of them). Their answers are taught in text only (text
 question -> text answer, as a pretrained LLM knows arithmetic from text), so answering them
@@ -23,11 +31,16 @@ from typing import Literal
 
 __all__ = [
     "FACTS",
+    "IDK_ANSWER",
     "NUMBER_WORDS",
+    "OUT_OF_WORLD_QUESTIONS",
     "QA",
+    "NoToolQuestion",
     "ToolQuestion",
     "closed_world",
+    "no_tool_questions",
     "number_word",
+    "out_of_world",
     "spoken_answers",
     "tool_questions",
 ]
@@ -64,6 +77,43 @@ FACTS: tuple[tuple[str, str], ...] = (
     ("what is your name", "speechgpt"),
     ("hello", "hello how can i help you"),
 )
+
+IDK_ANSWER = "i do not know"
+"""The one answer to whatever is outside the closed world, silence and noise included."""
+
+OUT_OF_WORLD_QUESTIONS: dict[str, tuple[str, ...]] = {
+    # open questions no closed world answers
+    "open": (
+        "tell me a joke", "who won the world cup in nineteen ninety eight", "what time is it",
+        "what is the weather like today", "who is the president", "what is the meaning of life",
+        "can you sing a song", "where do you live", "how old are you", "what is my name",
+        "who wrote hamlet", "what is the best movie", "how do i bake bread", "where is my phone",
+        "what should i eat for dinner", "who is the tallest person in the world",
+        "how far away is the moon", "what is love", "play some music", "what year is it",
+    ),
+    # the world's question forms on things it was never told
+    "near": (
+        "what is the capital of spain", "what is the capital of germany", "what is the capital of china",
+        "what color is a banana", "what color is the sun", "what animal says quack",
+        "what animal says oink", "how many legs does a bird have", "how many legs does a fish have",
+        "what day comes after sunday", "what day comes after wednesday", "what is the opposite of left",
+        "what is the opposite of big", "what do cows make", "which planet is the biggest",
+        "how many hours are in a day",
+    ),
+    # arithmetic beyond the world: operands past ten, operations it never learned
+    "numbers": (
+        "what is twelve plus nine", "what is fifteen minus three", "what is eleven plus eleven",
+        "what is twenty minus four", "what is three times four", "what is eight divided by two",
+        "what is six times seven", "what is nine squared", "what is one hundred plus one",
+        "what is seventeen plus two", "what is ten times ten", "what is two minus five",
+    ),
+}
+"""Questions outside the closed world, by kind; each is answered :data:`IDK_ANSWER`.
+``numbers`` includes ``two minus five`` (a negative result: the world's minus questions
+never go below zero). None of them is a question of the world (tests check it)."""
+
+OUT_OF_WORLD_HELD_OUT_SHARE = 0.5
+"""Share of each kind of :data:`OUT_OF_WORLD_QUESTIONS` never seen in training (the benchmark's)."""
 
 HELD_OUT_SHARE = 0.2
 """Share of the arithmetic questions never heard in training."""
@@ -131,4 +181,53 @@ def tool_questions(n: int, seed: int) -> list[ToolQuestion]:
         question, expression, fn = rng.choice(_TOOL_FORMS)
         a, b = rng.randint(12, 9999), rng.randint(12, 9999)
         out.append(ToolQuestion(question.format(a=a, b=b), expression.format(a=a, b=b), str(fn(a, b))))
+    return out
+
+
+def out_of_world(seed: int = 0) -> list[QA]:
+    """:data:`OUT_OF_WORLD_QUESTIONS` answered :data:`IDK_ANSWER` (kind ``"idk"``); ``held_out``
+    marks :data:`OUT_OF_WORLD_HELD_OUT_SHARE` of each kind, drawn from ``seed``."""
+    rng = random.Random(seed + 7)
+    out = []
+    for kind in sorted(OUT_OF_WORLD_QUESTIONS):
+        questions = list(OUT_OF_WORLD_QUESTIONS[kind])
+        held = set(rng.sample(questions, round(OUT_OF_WORLD_HELD_OUT_SHARE * len(questions))))
+        out += [QA(q, IDK_ANSWER, "idk", q in held) for q in questions]
+    return out
+
+
+@dataclass(frozen=True)
+class NoToolQuestion:
+    """A question on numbers written in digits, asked with no tool bound: answered in text."""
+
+    question: str
+    answer: str
+    """the number word (operands of the world) or :data:`IDK_ANSWER` (numbers beyond it)"""
+    in_world: bool
+
+
+SHOWCASE_NUMBERS = ("4725", "1609")
+"""The numbers of ``speechgpt_agent.demo.DEMO_TOOL_QUESTION``: no training text may hold them,
+even inside another number (tests/test_demo_recipe.py checks it), so draws that do are skipped."""
+
+
+def no_tool_questions(n: int, seed: int) -> list[NoToolQuestion]:
+    """``n`` digits questions for turns with no tool bound, half on the world's numbers
+    (``"what is 7 plus 5"`` -> ``"twelve"``), half on 2- to 4-digit ones (-> :data:`IDK_ANSWER`),
+    alternating, drawn from ``seed``. The question forms are the calculator's (:func:`tool_questions`)."""
+    rng = random.Random(seed)
+    out: list[NoToolQuestion] = []
+    while len(out) < n:
+        if len(out) % 2 == 0:
+            op = rng.choice(("plus", "minus"))
+            a = rng.randint(0, 10)
+            b = rng.randint(0, 10) if op == "plus" else rng.randint(0, a)
+            out.append(NoToolQuestion(f"what is {a} {op} {b}", number_word(a + b if op == "plus" else a - b), True))
+            continue
+        question, _, fn = rng.choice(_TOOL_FORMS)
+        a, b = rng.randint(12, 9999), rng.randint(12, 9999)
+        text = question.format(a=a, b=b) + f" {fn(a, b)}"
+        if any(s in text for s in SHOWCASE_NUMBERS):
+            continue
+        out.append(NoToolQuestion(question.format(a=a, b=b), IDK_ANSWER, False))
     return out
