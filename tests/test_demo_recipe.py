@@ -10,9 +10,17 @@ import pytest
 from speechgpt_agent.integrations.langchain.calculator import calculator, evaluate_expression
 from speechgpt_agent.training.recipes.demo.corpus import (
     ANSWER_VOICE,
+    HELD_OUT_LANGUAGES,
+    HELD_OUT_VARIANTS,
     HELD_OUT_VOICE,
-    TRAIN_VOICES,
+    HELD_OUT_VOICES,
+    SHORT_CLIP_MS,
+    TRAIN_LANGUAGES,
+    TRAIN_VARIANTS,
+    is_held_out_voice,
     plan_clips,
+    plan_nonspeech,
+    write_nonspeech,
 )
 from speechgpt_agent.training.recipes.demo.llm_data import (
     calculator_system_prompt,
@@ -20,14 +28,18 @@ from speechgpt_agent.training.recipes.demo.llm_data import (
     dialogues,
     knowledge_examples,
     knowledge_text,
+    no_tool_examples,
     tokenizer_corpus,
     tool_text,
     tool_text_examples,
     tool_use_examples,
 )
 from speechgpt_agent.training.recipes.demo.world import (
+    IDK_ANSWER,
     NUMBER_WORDS,
     closed_world,
+    no_tool_questions,
+    out_of_world,
     spoken_answers,
     tool_questions,
 )
@@ -52,7 +64,7 @@ def test_held_out_questions_are_never_heard(tmp_path):
     held = {qa.question for qa in world if qa.held_out}
     train_texts = [qa.question for qa in world if not qa.held_out] + ["twelve", "seven"]
     clips = plan_clips(train_texts, [qa.question for qa in world], seed=0)
-    assert {c.voice for c in clips if c.split == "train"} == set(TRAIN_VOICES)
+    assert not any(is_held_out_voice(c.voice) for c in clips if c.split == "train")
     assert {c.voice for c in clips if c.split != "train"} == {HELD_OUT_VOICE}
     assert not held & {c.text for c in clips if c.split == "train"}
     # dialogues of held-out questions carry no question audio
@@ -198,12 +210,14 @@ def training_texts(seed: int = 0) -> dict[str, list[str]]:
 
     world = closed_world(seed)
     stage3 = tool_questions(recipe.TOOL_QUESTIONS, seed)
+    no_tool = {stage: no_tool_examples(no_tool_questions(n, seed + recipe.NO_TOOL_SEED_OFFSETS[stage]))
+               for stage, n in recipe.NO_TOOL_QUESTIONS.items()}
     return {
         "ma": recipe.stage1_text(world, seed),
         "cm": [s["prefix"] + s["plain_text"] for s in
                tool_text_examples(tool_questions(recipe.CM_TOOL_TEXT_QUESTIONS, seed + 4))
-               + knowledge_examples(world, repeats=1) + chain_knowledge_examples(world, repeats=1)],
-        "com": [s["prefix"] + s["plain_text"] for s in tool_use_examples(stage3)],
+               + knowledge_examples(world, repeats=1) + chain_knowledge_examples(world, repeats=1) + no_tool["cm"]],
+        "com": [s["prefix"] + s["plain_text"] for s in tool_use_examples(stage3) + no_tool["com"]],
         "tokenizer": tokenizer_corpus(world, stage3),
     }
 
@@ -214,7 +228,9 @@ def test_stage1_text_holds_calls_and_answers_on_their_own_numbers():
 
     world = closed_world(0)
     lines = recipe.stage1_text(world, seed=0)
+    outside = [q for q in out_of_world(0) if not q.held_out]
     expected = (len(knowledge_text(world, repeats=recipe.TEXT_REPEATS, seed=0))
+                + len(knowledge_text(outside, repeats=recipe.IDK_REPEATS["ma"], seed=0))
                 + 2 * recipe.TOOL_TEXT_QUESTIONS + recipe.TOOL_CALL_TEXT_QUESTIONS
                 + recipe.TOOL_RESULT_TEXT_QUESTIONS)
     assert len(lines) == expected
@@ -316,7 +332,7 @@ def test_extra_recordings_add_clips_without_changing_the_others():
     assert after[:len(before)] == before
     added = after[len(before):]
     assert [c.text for c in added] == ["twelve", "twelve"] and {c.split for c in added} == {"train_extra"}
-    assert all(c.voice in TRAIN_VOICES for c in added)
+    assert not any(is_held_out_voice(c.voice) for c in added)
 
 
 def test_answer_voice_speaks_each_answer_once_and_changes_no_other_clip():
@@ -330,7 +346,7 @@ def test_answer_voice_speaks_each_answer_once_and_changes_no_other_clip():
     own = after[len(before):]
     assert [c.text for c in own] == answers
     assert {(c.voice, c.speed, c.pitch, c.split) for c in own} == {(*ANSWER_VOICE, "answer_voice")}
-    assert ANSWER_VOICE[0] in TRAIN_VOICES and len({c.id for c in after}) == len(after)
+    assert ANSWER_VOICE[0] in TRAIN_LANGUAGES and len({c.id for c in after}) == len(after)
 
 
 def test_dialogues_answer_in_the_models_own_voice():
@@ -407,3 +423,218 @@ def test_demo_name_without_the_model_gives_the_rebuild_command(tmp_path, monkeyp
     monkeypatch.setattr("speechgpt_agent.pipeline.demo_parts", lambda: demo.demo_parts(tmp_path))
     with pytest.raises(ModelNotFoundError, match="recipes.demo"):
         SpeechGPT.from_pretrained("demo", progress=False)
+
+
+# --- second edition: voices, "i do not know", no-tool answers ------------------------------
+
+
+def test_held_out_voices_and_variants_are_never_in_the_training_plan():
+    from speechgpt_agent.training.recipes.demo import __main__ as recipe
+
+    assert not set(TRAIN_LANGUAGES) & set(HELD_OUT_LANGUAGES)
+    assert not set(TRAIN_VARIANTS) & set(HELD_OUT_VARIANTS)
+    assert all(is_held_out_voice(v) for v in HELD_OUT_VOICES) and HELD_OUT_VOICE == HELD_OUT_VOICES[0]
+    clips = recipe.plan_corpus(0)
+    assert clips == recipe.plan_corpus(0)
+    training = [c for c in clips if not c.split.startswith("heldout")]
+    assert {c.split for c in training} == {"train", "train_extra", "answer_voice", "idk_train"}
+    for c in training:
+        language, _, variant = c.voice.partition("+")
+        assert language in TRAIN_LANGUAGES and variant in TRAIN_VARIANTS, c
+    # many voices, not ten: every training language and most variants are heard
+    voices = {c.voice for c in training}
+    assert len(voices) > 300 and {v.partition("+")[0] for v in voices} == set(TRAIN_LANGUAGES)
+    assert len({v.partition("+")[2] for v in voices}) > 0.9 * len(TRAIN_VARIANTS)
+    # each text of the main split in distinct voices; speeds and pitches drawn per clip
+    by_text: dict[str, list[str]] = {}
+    for c in clips:
+        if c.split == "train":
+            by_text.setdefault(c.text, []).append(c.voice)
+    assert all(len(set(v)) == len(v) == 6 for v in by_text.values())
+    assert len({(c.speed, c.pitch) for c in training}) > 500
+    # the benchmark's own clips are in held-out voices only
+    assert {c.voice for c in clips if c.split.startswith("heldout")} <= set(HELD_OUT_VOICES)
+    # as many speech clips as the first edition (1290 + 2580 + 41), plus the IDK recordings
+    sizes = {split: sum(c.split == split for c in clips) for split in ("train", "train_extra", "idk_train")}
+    assert sizes["train"] + sizes["train_extra"] <= 1.01 * (1290 + 2580)
+    assert sizes["idk_train"] == recipe.IDK_RECORDINGS * sum(not q.held_out for q in out_of_world(0))
+
+
+def test_out_of_world_questions_are_outside_the_world_and_split_in_halves():
+    world = {qa.question for qa in closed_world(0)}
+    outside = out_of_world(0)
+    assert outside == out_of_world(0) and {q.answer for q in outside} == {IDK_ANSWER}
+    assert not world & {q.question for q in outside}
+    held = [q for q in outside if q.held_out]
+    assert 0.4 < len(held) / len(outside) < 0.6 and len({q.question for q in outside}) == len(outside)
+    # the held-out half of every kind: no kind is all in training
+    from speechgpt_agent.training.recipes.demo.world import OUT_OF_WORLD_QUESTIONS
+
+    for questions in OUT_OF_WORLD_QUESTIONS.values():
+        assert 0 < sum(q.held_out for q in outside if q.question in questions) < len(questions)
+
+
+def test_nonspeech_clips_are_deterministic_from_the_seed(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    plan = plan_nonspeech(16, seed=3)
+    assert plan == plan_nonspeech(16, seed=3) and plan != plan_nonspeech(16, seed=4)
+    assert {c.kind for c in plan} == {"silence", "white", "pink", "short"}
+    speech = tmp_path / "speech.wav"
+    t = np.arange(16_000) / 16_000
+    sf.write(speech, (0.3 * np.sin(2 * np.pi * 220 * t) * (t > 0.4)).astype(np.float32), 16_000, subtype="PCM_16")
+    a = write_nonspeech(plan, tmp_path / "a", seed=0, speech_audio=[speech])
+    b = write_nonspeech(plan, tmp_path / "b", seed=0, speech_audio=[speech])
+    c = write_nonspeech(plan, tmp_path / "c", seed=1, speech_audio=[speech])
+    noisy = [k for k, clip in enumerate(plan) if clip.kind in ("white", "pink")]
+    for ra, rb, clip in zip(a, b, plan):
+        xa, rate = sf.read(ra["audio"], dtype="float32")
+        xb, _ = sf.read(rb["audio"], dtype="float32")
+        assert rate == 16_000 and xa.ndim == 1 and np.array_equal(xa, xb)
+        assert abs(len(xa) / 16_000 - clip.seconds) < 1e-3
+        if clip.kind in ("white", "pink"):
+            level = 20 * np.log10(np.sqrt(np.mean(xa.astype(np.float64) ** 2)))
+            assert abs(level - clip.level_db) < 1.0, (clip, level)  # PCM_16 rounding at -60 dBFS
+        if clip.kind == "silence" and clip.level_db is None:
+            assert not xa.any()
+    assert any(not np.array_equal(sf.read(a[k]["audio"])[0], sf.read(c[k]["audio"])[0]) for k in noisy)
+
+
+def test_short_clips_are_shorter_than_the_threshold():
+    plan = plan_nonspeech(200, seed=0)
+    short = [c for c in plan if c.kind == "short"]
+    assert len(short) == 50 and {c.source for c in short} == {"speech", "noise"}
+    lo, hi = SHORT_CLIP_MS
+    assert all(lo / 1000 <= c.seconds <= hi / 1000 for c in short)
+    assert all(c.seconds >= 0.3 for c in plan if c.kind != "short")
+    from speechgpt_agent.mel_units import MelFeatureConfig
+
+    # the shortest still makes one frame of the demo's tokenizer (a 25 ms window)
+    assert lo / 1000 * 16_000 >= MelFeatureConfig().win_length
+
+
+def _fake_run(tmp_path, seed=0):
+    """A run folder whose ``units.jsonl`` lists every planned clip with made-up units
+    (about 30 units a second, as the demo's tokenizer gives): what build_llm_data reads."""
+    import json
+    import random as _random
+
+    from speechgpt_agent.training.recipes.demo import __main__ as recipe
+
+    rng = _random.Random(seed)
+    rows = [{"id": c.id, "audio": f"{c.id}.wav", "text": c.text, "voice": c.voice, "split": c.split}
+            for c in recipe.plan_corpus(seed)]
+    rows += [{"id": c.id, "audio": f"{c.id}.wav", "text": "", "voice": c.kind, "split": c.split, "kind": c.kind}
+             for c in recipe.plan_nonspeech_corpus(seed)]
+    with open(tmp_path / "units.jsonl", "w") as f:
+        for r in rows:
+            n = max(1, round(30 * (0.3 + 0.31 * len(r["text"].split())) * rng.uniform(0.8, 1.25)))
+            f.write(json.dumps({**r, "units": [rng.randrange(100) for _ in range(n)]}) + "\n")
+    return recipe.build_llm_data(tmp_path, seed, init_model=False)
+
+
+def _answer(plain_text: str) -> str:
+    """The text answer of a stage-2/3 sample (after ``[ta]``), or ``""``."""
+    last = plain_text.rsplit("[SpeechGPT]:", 1)[-1]
+    if "[ta]" not in last:
+        return ""
+    return re.split(r";\s*\[ua\]|<eoa>", last.split("[ta]", 1)[1])[0].strip()
+
+
+def test_idk_examples_enter_stages_two_and_three_without_swamping_them(tmp_path):
+    import json
+
+    data = _fake_run(tmp_path)
+    held = {q.question for q in out_of_world(0) if q.held_out}
+    trained_outside = {q.question for q in out_of_world(0) if not q.held_out}
+    stats = {}
+    for stage in ("cm", "com"):
+        samples = [json.loads(line) for line in (data / stage / "train.jsonl").read_text().splitlines() if line]
+        idk = [s for s in samples if _answer(s["plain_text"]) == IDK_ANSWER]
+        stats[stage] = len(idk) / len(samples)
+        text = "\n".join(s["plain_text"] for s in samples)
+        assert not [q for q in held if q in text], stage  # held-out questions: in no form
+        if stage == "com":
+            spoken = [s for s in idk if s["plain_text"].startswith("[Human]: <sosp>")]
+            empty = [s for s in spoken if "[SpeechGPT]: ; [ta] i do not know; [ua] <sosp>" in s["plain_text"]]
+            assert len(empty) == 160  # every non-speech clip, an empty transcript
+            heard = {s["plain_text"].split("[SpeechGPT]: ", 1)[1].split(";")[0] for s in spoken} - {""}
+            assert heard == trained_outside  # each out-of-world question spoken, transcribed first
+            written = [s for s in idk if s["plain_text"].startswith("[Human]: ") and "<sosp>" not in
+                       s["plain_text"].split("[SpeechGPT]")[0]]
+            assert len(written) >= len(trained_outside) * 6
+        else:
+            assert sum(_answer(s["plain_text"]) == "" and "<sosp>" in s["plain_text"]
+                       and s["plain_text"].endswith("[SpeechGPT]: <eoa> ") for s in samples) == 160
+    # present, and a small share next to the in-world data
+    assert 0.015 < stats["cm"] < 0.06 and 0.03 < stats["com"] < 0.08, stats
+    ma = (data / "ma" / "train.txt").read_text()
+    assert not [q for q in held if q in ma]
+    assert all(f"{q}? {IDK_ANSWER}." in ma for q in trained_outside)  # stage 1's text knows it too
+
+
+def test_no_tool_digits_questions_are_answered_in_text(tmp_path):
+    from speechgpt_agent.prompt import META_INSTRUCTION, build_prompt
+    from speechgpt_agent.training.recipes.demo.evaluate import (
+        benchmark_no_tool_questions,
+        is_call_text,
+    )
+
+    questions = no_tool_questions(40, seed=5)
+    assert questions == no_tool_questions(40, seed=5)
+    assert sum(q.in_world for q in questions) == 20
+    value = {w: i for i, w in enumerate(NUMBER_WORDS)}
+    for q in questions:
+        numbers = [int(n) for n in re.findall(r"\d+", q.question)]
+        if q.in_world:
+            a, b = numbers
+            assert value[q.answer] == (a + b if "plus" in q.question else a - b) and max(a, b) <= 10
+        else:
+            assert q.answer == IDK_ANSWER and min(numbers) >= 12
+    for q, sample in zip(questions, no_tool_examples(questions)):
+        assert sample["prefix"] == META_INSTRUCTION and "JSON schemas" not in sample["plain_text"]
+        assert sample["plain_text"] == build_prompt(q.question)[len(META_INSTRUCTION):] + f"[ta] {q.answer}<eoa>."
+        assert not is_call_text(_answer(sample["plain_text"]))
+    assert is_call_text('{"tool": "calculator", "arguments": {"expression": "2 + 3"}}')
+    # the benchmark's questions are none of training's
+    from speechgpt_agent.training.recipes.demo import __main__ as recipe
+
+    trained = {q.question for stage, n in recipe.NO_TOOL_QUESTIONS.items()
+               for q in no_tool_questions(n, recipe.NO_TOOL_SEED_OFFSETS[stage])}
+    fresh = [q for q in benchmark_no_tool_questions(40) if not q.in_world]
+    assert fresh and not {q.question for q in fresh} & trained
+
+
+def test_card_edition_section_names_the_held_out_voices_and_the_idk_set():
+    from speechgpt_agent.training.recipes.demo import __main__ as recipe
+
+    card = recipe.edition_card(0)
+    assert card["edition"] == 2
+    assert card["voices"]["held_out_voices"] == list(HELD_OUT_VOICES)
+    assert card["voices"]["held_out_variants"] == list(HELD_OUT_VARIANTS)
+    assert sorted(card["idk"]["held_out_questions"]) == sorted(q.question for q in out_of_world(0) if q.held_out)
+    assert sum(card["estimated_training_minutes"].values()) <= 120
+
+
+def test_dtw_distance_prefers_the_same_sequence():
+    import numpy as np
+
+    from speechgpt_agent.training.recipes.demo.voices import dtw_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((30, 4))
+    stretched = np.repeat(a, 2, axis=0)  # the same sequence, twice as slow
+    other = rng.standard_normal((40, 4))
+    assert dtw_distance(a, a) == 0.0
+    assert dtw_distance(a, stretched) < 0.5 * dtw_distance(a, other)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_voice_screen_keeps_a_variant_and_refuses_a_whisper():
+    from speechgpt_agent.training.recipes.demo.voices import screen
+
+    kept, whisper = screen(["en-us+m3", "en-us+whisper"])
+    assert kept.usable and kept.recognised == 6
+    assert not whisper.usable and whisper.voiced < 0.25
+    assert "whisper" not in TRAIN_VARIANTS and "m3" in TRAIN_VARIANTS
