@@ -544,6 +544,9 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .errors import ModelNotFoundError
     from .model import DEFAULT_ADAPTER, SpeechGPTModel
+    from .pipeline import quiet_bitsandbytes_cpu_notice
+
+    quiet_bitsandbytes_cpu_notice()
 
     model, adapter = args.model, None if args.no_adapter else args.adapter
     quantization = _quantization(args)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from .audio import SAMPLE_RATE, AudioSource
 from .demo import DEMO_NAME, demo_parts
 from .engines import ENGINES, Engine, EngineName, default_engine, load_engine
 from .errors import SpeechGPTError
+from .grammar import GrammarLogitsProcessor, no_tool_call_grammar
 from .hubert import DEFAULT_HUBERT as DEFAULT_SPEECH_TOKENIZER
 from .model import DEFAULT_ADAPTER, DEFAULT_MODEL, GenerationOptions, SpeechGPTModel
 from .parse import Done, TextDelta, TranscriptDelta, Units
@@ -155,6 +157,27 @@ def time_turn(start: Callable[[], Iterable[StreamEvent]]) -> TurnTiming:
 
 
 DEFAULT_AUDIO_CHUNK_UNITS = 16
+
+_BNB_KERNELS_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+
+def _not_bnb_kernels_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_BNB_KERNELS_NOTICE)
+
+
+def quiet_bitsandbytes_cpu_notice() -> None:
+    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" warning.
+
+    bitsandbytes >= 0.50 logs it once, when it is imported (by peft or transformers, also for
+    an unquantized model) on a CPU with AVX-512 BF16 and no ``kernels`` package. That package
+    would download the kernel from the Hugging Face hub at import time, which an offline
+    install cannot do; without it bitsandbytes uses its own CPU 4-bit kernel, so the notice
+    only alarms. This filter drops that one message of the logger
+    ``bitsandbytes.backends.cpu.ops``; everything else it logs stays. Idempotent.
+    """
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if _not_bnb_kernels_notice not in logger.filters:
+        logger.addFilter(_not_bnb_kernels_notice)
 
 
 class _VocoderFeed:
@@ -338,6 +361,7 @@ class SpeechGPT:
             ModelNotFoundError, CheckpointError, UnsafeCheckpointError: a part that loads now
             (the LLM, ``preload``) cannot; the other parts raise these on first use.
         """
+        quiet_bitsandbytes_cpu_notice()
         from .mel_units import MelUnitTokenizer, is_mel_tokenizer_folder
         from .units import SpeechTokenizer
         from .vocoder import DEFAULT_VOCODER, UnitVocoder
@@ -454,6 +478,7 @@ class SpeechGPT:
         logits_processors: Sequence[Any] = (),
         audio_chunk_units: int | None = None,
         grammar: Any = None,
+        allow_tool_calls: bool = False,
         stop_event: threading.Event | None = None,
         reference: bool | None = None,
         instruction: str | None = None,
@@ -480,6 +505,14 @@ class SpeechGPT:
             grammar: a :class:`~speechgpt_agent.grammar.Grammar` the answer must follow; each
                 engine applies it its own way (a logits processor in transformers, structured
                 outputs in vLLM), with the same grammar.
+            allow_tool_calls: ``False`` (default): no tool is bound, so a chat answer's text
+                never opens with a tool call of the prompt's JSON convention (``{"tool": ...}``):
+                the turn is decoded with :func:`~speechgpt_agent.grammar.no_tool_call_grammar`,
+                which refuses that opening and nothing else (but byte tokens that would make
+                the text invalid UTF-8). ``True`` for a caller that binds tools itself
+                (describes them in ``system`` and parses the calls). A ``grammar`` or a
+                :class:`~speechgpt_agent.grammar.GrammarLogitsProcessor` of the caller's, and
+                the ASR and TTS tasks, are left as they are.
             stop_event: set it (from any thread) to end the answer before its next token as
                 if the model had stopped: the text and speech so far complete normally
                 (``finish_reason="stop"``). For a caller that saw what it wanted.
@@ -513,6 +546,9 @@ class SpeechGPT:
             opts = dataclasses.replace(opts, min_new_tokens=0)
         turn = self._prepare(text, audio, sample_rate, task, history, system, opts, instruction, ref)
         input_ids = self.model.encode(turn.prompt) if ref else self.model.encode_prompt(turn.prompt)
+        if grammar is None and not allow_tool_calls and (task or "chat") == "chat" and not any(
+                isinstance(p, GrammarLogitsProcessor) for p in logits_processors):
+            grammar = no_tool_call_grammar()
         tokens = self.engine.generate(input_ids, opts, seed=seed, stop_strings=(EOA,),
                                       logits_processors=logits_processors, grammar=grammar,
                                       stop_event=stop_event)

@@ -224,6 +224,9 @@ class _Request:
             "output": "both" if speak else "text",
             "options": self.options,
             "seed": kwargs.get("seed", chat.seed),
+            # no tool bound (nor tool_choice "none"), no JSON answer: the answer's text never
+            # opens with a call (SpeechGPT.stream's no_tool_call_grammar)
+            "allow_tool_calls": self.tools_active or self.json_answer is not None,
         }
 
     def _fit_to_context(self, runtime: SpeechGPT) -> None:

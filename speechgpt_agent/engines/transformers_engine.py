@@ -15,6 +15,7 @@ closed or garbage-collected stream is dropped at the worker's next step.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -105,6 +106,18 @@ def logits_processors(model: SpeechGPTModel, opts: GenerationOptions, prompt_len
         if opts.top_p < 1.0:
             procs.append(TopPLogitsWarper(opts.top_p))
     return procs
+
+
+def _top_k_top_p(opts: GenerationOptions) -> list[Any]:
+    """transformers' top-k / top-p warpers of ``opts`` (run after a grammar's mask)."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    warpers: list[Any] = []
+    if opts.top_k:
+        warpers.append(TopKLogitsWarper(opts.top_k))
+    if opts.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(opts.top_p))
+    return warpers
 
 
 class _Turn:
@@ -242,7 +255,12 @@ class TransformersEngine(Engine):
             if make is None:
                 raise EngineError(f"the transformers engine cannot apply grammar {grammar!r}: it "
                                   "has no logits_processor(model) method.")
-            procs.append(make(self.model))
+            # the grammar's mask comes before top-k / top-p, as in vLLM: filtering first could
+            # leave none of the tokens it allows (it would then choose among all of them)
+            warpers = _top_k_top_p(opts) if opts.do_sample else []
+            procs.append(make(self.model, after=warpers) if warpers else make(self.model))
+            if warpers:
+                opts = dataclasses.replace(opts, top_k=0, top_p=1.0)
         room = self.model.context_length - ids.shape[-1]
         generator = torch.Generator()
         if seed is None:

@@ -440,6 +440,8 @@ def stream_kwargs(turn: ChatTurn, runtime: Any) -> tuple[dict[str, Any], StopAft
         "options": turn.options,
         "seed": turn.seed,
         "grammar": answer_grammar(turn),
+        # without tools (or with tool_choice "none") and JSON, the answer never opens a call
+        "allow_tool_calls": turn.tools_active or turn.json_answer is not None,
         "stop_event": stopper.event,
     }, stopper
 
