@@ -7,6 +7,12 @@ from the first generated token to the last (prefill excluded), median over ``--r
 generations. Compile time is measured cold (a fresh xgrammar compiler) and cached, per tool
 set. Target: constrained per-token cost <= 1.25x unconstrained.
 
+The no-call guard (``no_tool_call_grammar``, on every chat turn without tools or a grammar of
+its own) is measured the same way, guarded against ``allow_tool_calls=True``, on a spoken
+question (transcript, text and about a hundred speech units, all under the guard) and a
+text one; and alone: the guard's logits processor replayed over the spoken answer's
+tokens, in microseconds per token. Target: guard <= 1.05x.
+
     python benchmarks/constrained.py [--repeats 5] [--threads 1]
 """
 
@@ -49,7 +55,8 @@ def _tool_sets():
             "10 tools": tool_specs(many)}
 
 
-def _per_token(runtime, system: str, question: str, processors, repeats: int) -> tuple[float, int]:
+def _per_token(runtime, system: str | None, question: str | None, processors, repeats: int,
+               **stream_kwargs) -> tuple[float, int]:
     from speechgpt_agent.model import GenerationOptions
     from speechgpt_agent.parse import TextDelta
 
@@ -61,7 +68,7 @@ def _per_token(runtime, system: str, question: str, processors, repeats: int) ->
         tokens = 0
         text = ""
         for event in runtime.stream(question, system=system, output="text", options=opts,
-                                    logits_processors=procs):
+                                    logits_processors=procs, **stream_kwargs):
             if isinstance(event, TextDelta):
                 text += event.text
             now = time.perf_counter()
@@ -73,6 +80,46 @@ def _per_token(runtime, system: str, question: str, processors, repeats: int) ->
             costs.append((last - first) / (tokens - 1))
             count = tokens
     return statistics.median(costs[1:] or costs), count
+
+
+def _guard(runtime, repeats: int) -> tuple[list[dict], float]:
+    """The no-call guard: per-token cost on and off, and its processor alone (us per token)."""
+    from speechgpt_agent.demo import DEMO_DIR
+    from speechgpt_agent.grammar import no_tool_call_grammar
+    from speechgpt_agent.model import GenerationOptions
+    from speechgpt_agent.prompt import build_prompt
+
+    rows = []
+    for label, question, audio in (("spoken: what is seven plus five", None, DEMO_DIR / "question.wav"),
+                                   ("text: what is 4321 times 1234", "what is 4321 times 1234", None)):
+        # on and off alternate, so that the load of a shared machine falls on both alike
+        offs, ons = [], []
+        for _ in range(repeats):
+            off, n = _per_token(runtime, None, question, [], 1, audio=audio, allow_tool_calls=True)
+            on, m = _per_token(runtime, None, question, [], 1, audio=audio)
+            offs.append(off)
+            ons.append(on)
+        off, on = statistics.median(offs), statistics.median(ons)
+        rows.append({"question": label, "guard": "off", "tokens": n, "ms_per_token": off * 1e3, "cost_ratio": 1.0})
+        rows.append({"question": label, "guard": "on", "tokens": m, "ms_per_token": on * 1e3, "cost_ratio": on / off})
+    # the processor alone, replayed over the spoken answer's tokens (what it sees in a turn)
+    lm = runtime.model
+    opts = GenerationOptions(do_sample=False, max_new_tokens=300, min_new_tokens=0)
+    units = runtime.speech_tokenizer.encode(DEMO_DIR / "question.wav").units
+    prompt = lm.encode_prompt(build_prompt(units=units))
+    answer = list(runtime.engine.generate(prompt, opts))
+    steps = [torch.tensor([prompt + answer[:i]]) for i in range(len(answer) + 1)]
+    scores = torch.zeros(1, lm.vocab_size)
+    best = float("inf")
+    for _ in range(repeats):
+        proc = no_tool_call_grammar().logits_processor(lm)
+        proc(steps[0], scores)  # records the prompt length
+        t0 = time.perf_counter()
+        for seq in steps[1:]:
+            proc(seq, scores)
+        best = min(best, (time.perf_counter() - t0) / len(answer))
+        assert not proc.failed
+    return rows, best * 1e6
 
 
 def main() -> None:
@@ -115,7 +162,7 @@ def main() -> None:
     question = "what is 4321 times 1234"
     any_g, auto_g = tool_call_grammar(specs, "any"), tool_call_grammar(specs, "auto")
     rows = []
-    base, n = _per_token(runtime, system, question, [], args.repeats)
+    base, n = _per_token(runtime, system, question, [], args.repeats, allow_tool_calls=True)
     rows.append({"decoding": "unconstrained", "tokens": n, "ms_per_token": base * 1e3,
                  "tokens_per_s": 1 / base, "cost_ratio": 1.0})
     for label, g in (("grammar any", any_g), ("grammar auto", auto_g)):
@@ -125,12 +172,18 @@ def main() -> None:
 
     print_table(rows, ["decoding", "tokens", "ms_per_token", "tokens_per_s", "cost_ratio"])
     print()
+    guard_rows, guard_us = _guard(runtime, args.repeats)
+    print_table(guard_rows, ["question", "guard", "tokens", "ms_per_token", "cost_ratio"])
+    print(f"the guard's logits processor alone: {guard_us:.1f} us per token")
+    print()
     print_table(compile_rows, ["tool_set", "choice", "tokenizer_info_s", "compile_cold_s", "compile_cached_s"])
     worst = max(r["cost_ratio"] for r in rows)
     print(f"\nworst constrained/unconstrained per-token cost: {worst:.3f}x (target <= 1.25x)")
     path = write_json(RESULTS, {
         "environment": environment(), "model": "demo", "question": question,
         "decoding": rows, "compile": compile_rows, "worst_cost_ratio": worst, "target": 1.25,
+        "no_call_guard": {"rows": guard_rows, "processor_us_per_token": guard_us,
+                          "worst_cost_ratio": max(r["cost_ratio"] for r in guard_rows), "target": 1.05},
     })
     print(f"wrote {path}")
 
