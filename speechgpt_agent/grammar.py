@@ -22,6 +22,8 @@ Three layers:
   (it is never spoken). JSON strings can never spell an answer marker or a vocabulary token
   (``<eoa>``, ``[ta]``, ``[ua]``, ``<sosp>``, ``[Human]``, ``<12>`` ...), which would end or
   split the text part in :mod:`speechgpt_agent.parse`.
+  Besides, :func:`no_tool_call_grammar` is the guard of a turn with no tool bound: no text part may
+  open with a call, everything else (transcript, text, units) is free.
 * :class:`GrammarLogitsProcessor`: a transformers ``LogitsProcessor`` fed by an xgrammar
   ``GrammarMatcher`` and its token bitmask (CPU and CUDA logits), compiled against the
   model's tokenizer and cached per (tokenizer, grammar).

@@ -250,3 +250,19 @@ def test_the_same_constrained_answer_on_every_engine(sg, reference):
     assert got.text == reference.chat("what colour is the sky", options=opts, output="text",
                                       grammar=shaped).text
     assert json.loads(got.text.strip())["colour"] in ("blue", "green", "red")
+
+
+def test_no_tool_call_without_tools_on_every_engine(sg, reference):
+    """No tool bound: the same no-call guard on each engine (vLLM: the grammar as structured
+    outputs). Unguarded, the demo answers 'what is 2 plus 3' with a calculator call."""
+    from speechgpt_agent.integrations.langchain.tool_calling import parse_tool_calls
+
+    opts = GenerationOptions(do_sample=False, max_new_tokens=80, min_new_tokens=0)
+    q = "what is 2 plus 3"
+    got = sg.chat(q, options=opts, output="text")
+    assert got.text == reference.chat(q, options=opts, output="text").text
+    assert got.text.strip() and not got.text.lstrip().startswith("{") and not parse_tool_calls(got.text).tool_calls
+    free = sg.chat(q, options=opts, output="text", allow_tool_calls=True)
+    assert [c["name"] for c in parse_tool_calls(free.text).tool_calls] == ["calculator"], free.text
+    spoken = sg.chat(audio=QUESTION, options=GREEDY)  # transcript, text and units under the guard
+    assert spoken.text.strip() == "twelve" and spoken.units

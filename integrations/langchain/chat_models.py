@@ -52,6 +52,9 @@ schemas in the system text and asks for ``{"tool": name, "arguments": {...}}`` (
 :mod:`.tool_calling`); the answer is parsed into ``tool_calls`` (malformed JSON into
 ``invalid_tool_calls``). While a call may be under way the stream holds the text back, and
 generation ends as soon as a call is complete, so no speech is synthesized for it.
+Without tools bound (or with ``tool_choice="none"``) and without a JSON answer, the answer's
+text never opens with a call: decoding refuses it (:func:`speechgpt_agent.grammar.no_tool_call_grammar`),
+so a model that learned the convention answers in words instead.
 """
 
 from __future__ import annotations
@@ -224,7 +227,7 @@ class _Request:
             "output": "both" if speak else "text",
             "options": self.options,
             "seed": kwargs.get("seed", chat.seed),
-            # no tool bound (nor tool_choice "none"), no JSON answer: the answer's text never
+            # without tools (or with tool_choice "none") and JSON: the answer's text never
             # opens with a call (SpeechGPT.stream's no_tool_call_grammar)
             "allow_tool_calls": self.tools_active or self.json_answer is not None,
         }
