@@ -43,6 +43,7 @@ from torch import nn
 
 from .errors import UnitError
 from .kernels import lrelu_conv1d, unit_embedding
+from .vocoder_batch import batcher_for
 from .vocoder_modules import (
     LRELU_SLOPE,
     CodeHiFiGAN,
@@ -416,6 +417,9 @@ class StreamingVocoder:
             self._speaker = model.speaker_features(speaker)  # [1, C, 1] or None
         self._generator = _stream_generator(model)
         self._durations = _stream_duration_predictor(model) if self.predicts_durations else None
+        # frames the generator needs before it can emit a whole first frame: until then a run
+        # would only fill caches, at the cost of one call per layer (the generator is ~70 layers)
+        self._first_frames = self._generator.last_input_needed(self.hop_length - 1) + 1
         self.reset()
 
     # ------------------------------------------------------------ latency
@@ -458,6 +462,10 @@ class StreamingVocoder:
         if self._durations is not None:
             self._durations.reset()
         self._waiting = torch.zeros(0, dtype=torch.long)  # units whose duration is not known yet
+        self._held: list[torch.Tensor] = []  # frames [1, C, n] held back until the first run
+        self._held_frames = 0
+        self._started = False  # the generator has been asked to run
+        self._steady = False  # the generator has run: caches at their steady lengths
         self._finished = False
 
     def push(self, units: UnitsLike | int, durations: UnitsLike | int | None = None) -> np.ndarray:
@@ -528,6 +536,26 @@ class StreamingVocoder:
         return frames
 
     def _audio(self, frames: torch.Tensor, final: bool) -> np.ndarray:
+        """Run the generator on ``frames``; before its first run, hold frames back until it can
+        emit a whole frame of audio (:attr:`lookahead_frames` + 1 frames) or the stream ends.
+
+        Holding back changes only how the frames are chunked, so the audio is the same; it
+        spares the early pushes' generator runs, which would emit nothing or a few samples.
+        """
+        if not self._started:
+            if frames.shape[2]:
+                self._held.append(frames)
+                self._held_frames += frames.shape[2]
+            if self._held_frames < self._first_frames and not final:
+                return np.zeros(0, dtype=np.float32)
+            if not self._held:
+                frames = frames[:, :, :0]
+            else:
+                frames = self._held[0] if len(self._held) == 1 else torch.cat(self._held, dim=2)
+            self._held, self._held_frames, self._started = [], 0, True
         if frames.shape[2] == 0 and not final:
             return np.zeros(0, dtype=np.float32)
-        return self._generator.step(frames, final)[0, 0].float().cpu().numpy()
+        if final:  # a stream's end runs alone
+            return self._generator.step(frames, final)[0, 0].float().cpu().numpy()
+        # batched with the steps other streams of this model ask for meanwhile
+        return batcher_for(self.model).run(self, frames)

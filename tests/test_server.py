@@ -285,7 +285,11 @@ def test_16_concurrent_streaming_clients_and_one_killed_mid_stream(server, clien
             assert text == "five" and audio is None
         else:
             assert text == expected["spoken"].transcript
-            np.testing.assert_array_equal(audio, _pcm(expected["spoken"].data))
+            # concurrent turns' vocoder steps run batched (speechgpt_agent.vocoder_batch): the
+            # same audio up to float rounding, which may move a pcm16 sample by one step
+            reference = _pcm(expected["spoken"].data)
+            assert audio.shape == reference.shape
+            assert np.abs(audio.astype(np.int32) - reference).max() <= 1
     deadline = time.monotonic() + 30
     while _health(server)["active_turns"] and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -202,3 +203,92 @@ def test_stream_equals_offline_on_cuda(tmp_path):
     for chunking in (1, 7, 25):
         got = _stream_all(vocoder.stream(), units, chunking, np.random.default_rng(0))
         assert got.shape == expected.shape and np.abs(got - expected).max() <= TOLERANCE
+
+
+def _lockstep_streams(vocoder, unit_lists, chunk, durations=None):
+    """Each list streamed by its own thread, ``chunk`` units per push, every round's pushes
+    held until all are queued and then run as one batch; returns (audio per list, batches)."""
+    from speechgpt_agent.vocoder_batch import batcher_for
+
+    batcher = batcher_for(vocoder.model)
+    before = batcher.batches
+    rounds = max(-(-len(u) // chunk) for u in unit_lists)
+    streams = [vocoder.stream(predict_durations=durations is None) for _ in unit_lists]
+    outs = [[] for _ in unit_lists]
+    gate = threading.Barrier(len(unit_lists) + 1)
+
+    def produce(k):
+        units = unit_lists[k]
+        for r in range(rounds):
+            gate.wait()
+            part = slice(r * chunk, (r + 1) * chunk)
+            if durations is None:
+                outs[k].append(streams[k].push(units[part]))
+            else:
+                outs[k].append(streams[k].push(units[part], durations[k][part]))
+            gate.wait()
+        outs[k].append(streams[k].flush())
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(len(unit_lists))]
+    for t in threads:
+        t.start()
+    for _ in range(rounds):
+        with batcher._cond:
+            batcher._busy = True  # hold the generator until this round's pushes have queued
+        gate.wait()
+        for _ in range(5000):  # every producer is queued, or done with its push (at the gate)
+            time.sleep(0.001)
+            with batcher._cond:
+                if len(batcher._queue) + gate.n_waiting == len(unit_lists):
+                    break
+        with batcher._cond:
+            batcher._busy = False
+            batcher._cond.notify_all()
+        gate.wait()
+    for t in threads:
+        t.join(timeout=60)
+    return [np.concatenate(o) for o in outs], batcher.batches - before
+
+
+def test_concurrent_streams_batched_together_equal_offline(vocoder):
+    """Streams of different lengths and phases, stepped as one batch, each equal offline synthesis."""
+    rng = np.random.default_rng(7)
+    unit_lists = [rng.integers(0, 1000, n) for n in (60, 23, 41, 9, 75)]
+    got, batches = _lockstep_streams(vocoder, unit_lists, chunk=7)
+    assert batches >= 3  # the rounds did run batched (several streams per generator run)
+    for units, audio in zip(unit_lists, got):
+        expected = vocoder.synthesize(units)
+        assert audio.shape == expected.shape and np.abs(audio - expected).max() <= TOLERANCE
+
+
+def test_concurrent_streams_with_given_durations_batched(vocoder):
+    rng = np.random.default_rng(8)
+    unit_lists = [rng.integers(0, 1000, n) for n in (30, 44, 12)]
+    durations = [rng.integers(0, 4, len(u)) for u in unit_lists]
+    got, batches = _lockstep_streams(vocoder, unit_lists, chunk=5, durations=durations)
+    assert batches >= 2
+    for units, dur, audio in zip(unit_lists, durations, got):
+        expected = vocoder.synthesize(units, dur)
+        assert audio.shape == expected.shape and np.abs(audio - expected).max() <= TOLERANCE
+
+
+def test_free_running_threads_share_the_generator(vocoder):
+    """Without any orchestration, many producers at once still get exactly their own audio."""
+    rng = np.random.default_rng(9)
+    unit_lists = [rng.integers(0, 1000, int(rng.integers(5, 60))) for _ in range(8)]
+    results = [None] * len(unit_lists)
+
+    def produce(k):
+        stream = vocoder.stream()
+        parts = [stream.push(unit_lists[k][i : i + 3]) for i in range(0, len(unit_lists[k]), 3)]
+        results[k] = np.concatenate(parts + [stream.flush()])
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(len(unit_lists))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for units, audio in zip(unit_lists, results):
+        expected = vocoder.synthesize(units)
+        assert audio is not None and audio.shape == expected.shape
+        assert np.abs(audio - expected).max() <= TOLERANCE
