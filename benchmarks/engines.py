@@ -17,6 +17,12 @@ so the whole-turn figures are bounded by it; ``tokens`` shows the engine's own b
 
 
 * aggregate units/s: answer speech units of all N turns / wall time of the N turns;
+* CPU: seconds of CPU of this process (the callers: codec, parser; the embedded engine's
+  worker too) and of its child processes (vLLM's engine core and worker) during the run,
+  and the cores they kept busy on average ((caller + engine) / total): on this 2-core
+  machine a row near 2.0 is bound by the CPU itself, not by how the turns are scheduled;
+* vocoder batches: generator runs that served several turns at once
+  (:mod:`speechgpt_agent.vocoder_batch`);
 * first audio: seconds from a turn's call to its first AudioChunk (median and worst);
 * total: wall time until the last of the N turns completed.
 
@@ -95,6 +101,36 @@ def _run_tokens(sg, inputs, options):
     return results, time.perf_counter() - t0
 
 
+def _child_cpu() -> float | None:
+    """CPU seconds (user + system) of this process's children so far (vLLM's engine core and
+    worker), or ``None`` without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _measured(run, *args):
+    """``run(*args)``'s result with the CPU seconds of this process and of its children."""
+    c0, e0 = time.process_time(), _child_cpu()
+    got = run(*args)
+    e1 = _child_cpu()
+    return got, time.process_time() - c0, (None if e0 is None or e1 is None else e1 - e0)
+
+
+def _cpu_columns(total: float, caller: float, engine: float | None) -> dict:
+    return {"caller_cpu_s": caller, "engine_cpu_s": engine,
+            "cores_busy": (caller + (engine or 0.0)) / total}
+
+
 def _run_batch(sg, inputs, options):
     from speechgpt_agent.pipeline import time_turn
 
@@ -140,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from speechgpt_agent.demo import DEMO_NAME
     from speechgpt_agent.model import GenerationOptions
     from speechgpt_agent.pipeline import SpeechGPT
+    from speechgpt_agent.vocoder_batch import batcher_for
 
     engines = args.engines or (["transformers"] + (["vllm"] if importlib.util.find_spec("vllm") else []))
     options = GenerationOptions(do_sample=False, max_new_tokens=300, min_new_tokens=0)
@@ -162,26 +199,29 @@ def main(argv: list[str] | None = None) -> int:
             if workload == "tokens":
                 best = None
                 for _ in range(args.repeats):
-                    got, total = _run_tokens(sg, _inputs("tts", n), options)
+                    (got, total), caller, engine = _measured(_run_tokens, sg, _inputs("tts", n), options)
                     if best is None or total < best[1]:
-                        best = (got, total)
-                got, total = best
+                        best = (got, total, caller, engine)
+                got, total, caller, engine = best
                 tokens = sum(k for k, _ in got)
                 firsts = [f for _, f in got if f is not None]
                 rows.append({"engine": name, "workload": workload, "N": n, "units": tokens, "total_s": total,
                              "units_per_s": tokens / total,
                              "first_audio_median_s": statistics.median(firsts) if firsts else None,
                              "first_audio_worst_s": max(firsts) if firsts else None,
-                             "all_spoken": True, "same_answers": True, "load_s": load_s})
+                             "all_spoken": True, "same_answers": True, "load_s": load_s,
+                             **_cpu_columns(total, caller, engine)})
                 print(f"{name} tokens N={n}: {tokens / total:.1f} tokens/s, total {total:.2f} s", flush=True)
                 continue
             inputs = _inputs(workload, n)
             best = None
             for _ in range(args.repeats):
-                results, total = _run_batch(sg, inputs, options)
+                batches = batcher_for(sg.vocoder.model).batches
+                (results, total), caller, engine = _measured(_run_batch, sg, inputs, options)
+                batches = batcher_for(sg.vocoder.model).batches - batches
                 if best is None or total < best[1]:
-                    best = (results, total)
-            results, total = best
+                    best = (results, total, caller, engine, batches)
+            results, total, caller, engine, batches = best
             units = sum(len(r.response.units) for r in results)
             first = [r.first_audio_s for r in results if r.first_audio_s is not None]
             answers = {str(x): (r.response.text, r.response.units) for x, r in zip(inputs, results)}
@@ -194,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 "first_audio_median_s": statistics.median(first) if first else None,
                 "first_audio_worst_s": max(first) if first else None,
                 "all_spoken": len(first) == n, "same_answers": same, "load_s": load_s,
+                **_cpu_columns(total, caller, engine), "vocoder_batches": batches,
             })
             print(f"{name} {workload} N={n}: {units / total:.1f} units/s, total {total:.2f} s", flush=True)
         sg.engine.shutdown()
@@ -206,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                 if r["first_audio_median_s"] and mine[1]["first_audio_median_s"]:
                     r["first_audio_x_N1"] = r["first_audio_median_s"] / mine[1]["first_audio_median_s"]
     columns = ["engine", "workload", "N", "units", "total_s", "units_per_s", "throughput_x_N1",
-               "first_audio_median_s", "first_audio_worst_s", "first_audio_x_N1", "all_spoken", "same_answers"]
+               "first_audio_median_s", "first_audio_worst_s", "first_audio_x_N1", "caller_cpu_s", "engine_cpu_s",
+               "cores_busy", "vocoder_batches", "all_spoken", "same_answers"]
     print_table(rows, columns)
     targets = {}
     for workload in args.workloads:

@@ -136,3 +136,19 @@ def test_training_gets_the_same_gradients_with_kernels_forced_on(monkeypatch):
         grads[backend] = [p.grad for p in model.resblocks.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in grads["torch"])
     assert all(torch.equal(a, b) for a, b in zip(grads["torch"], grads["triton"], strict=True))
+
+
+@in_interpreter
+def test_batched_vocoder_steps_with_kernels_on(tmp_path, monkeypatch):
+    """Several streams' generator steps batched (speechgpt_agent.vocoder_batch) with the Triton
+    ``lrelu_conv1d`` on a [B, C, T] input and its left-context caches: equal to lone steps."""
+    from speechgpt_agent.testing.vocoder import batched_against_lone_steps
+
+    vocoder = UnitVocoder.from_pretrained(make_fairseq_codehifigan(tmp_path / "vocoder", **VOCODER), device="cpu")
+    calls = {"lrelu_conv1d_triton": 0}
+    _counting(importlib.import_module("speechgpt_agent.kernels.vocoder"), "lrelu_conv1d_triton", calls, monkeypatch)
+    monkeypatch.setenv("SPEECHGPT_KERNELS", "triton")
+    first = vocoder.stream()._first_frames
+    worst, batches = batched_against_lone_steps(vocoder, [[first, 3, 5], [first + 2, 1], [0, first, 2]])
+    assert calls["lrelu_conv1d_triton"] > 0 and batches >= 2
+    assert worst <= SAMPLE_TOLERANCE

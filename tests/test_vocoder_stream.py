@@ -215,9 +215,17 @@ def _lockstep_streams(vocoder, unit_lists, chunk, durations=None):
     rounds = max(-(-len(u) // chunk) for u in unit_lists)
     streams = [vocoder.stream(predict_durations=durations is None) for _ in unit_lists]
     outs = [[] for _ in unit_lists]
-    gate = threading.Barrier(len(unit_lists) + 1)
+    gate = threading.Barrier(len(unit_lists) + 1, timeout=120)  # a failing producer breaks it
+    errors = []
 
     def produce(k):
+        try:
+            _produce(k)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
+            errors.append(exc)
+            gate.abort()
+
+    def _produce(k):
         units = unit_lists[k]
         for r in range(rounds):
             gate.wait()
@@ -232,6 +240,20 @@ def _lockstep_streams(vocoder, unit_lists, chunk, durations=None):
     threads = [threading.Thread(target=produce, args=(k,)) for k in range(len(unit_lists))]
     for t in threads:
         t.start()
+    try:
+        _orchestrate(batcher, gate, rounds, len(unit_lists))
+    except threading.BrokenBarrierError:
+        for t in threads:
+            t.join(timeout=60)
+        raise errors[0] if errors else AssertionError("a producer hung") from None
+    for t in threads:
+        t.join(timeout=60)
+    if errors:
+        raise errors[0]
+    return [np.concatenate(o) for o in outs], batcher.batches - before
+
+
+def _orchestrate(batcher, gate, rounds, producers):
     for _ in range(rounds):
         with batcher._cond:
             batcher._busy = True  # hold the generator until this round's pushes have queued
@@ -239,15 +261,12 @@ def _lockstep_streams(vocoder, unit_lists, chunk, durations=None):
         for _ in range(5000):  # every producer is queued, or done with its push (at the gate)
             time.sleep(0.001)
             with batcher._cond:
-                if len(batcher._queue) + gate.n_waiting == len(unit_lists):
+                if len(batcher._queue) + gate.n_waiting == producers:
                     break
         with batcher._cond:
             batcher._busy = False
             batcher._cond.notify_all()
         gate.wait()
-    for t in threads:
-        t.join(timeout=60)
-    return [np.concatenate(o) for o in outs], batcher.batches - before
 
 
 def test_concurrent_streams_batched_together_equal_offline(vocoder):
@@ -292,3 +311,13 @@ def test_free_running_threads_share_the_generator(vocoder):
         expected = vocoder.synthesize(units)
         assert audio is not None and audio.shape == expected.shape
         assert np.abs(audio - expected).max() <= TOLERANCE
+
+
+def test_batched_generator_steps_equal_lone_steps(vocoder):
+    """Fresh and steady streams, different lengths each round, one joining late, one leaving early."""
+    from speechgpt_agent.testing.vocoder import batched_against_lone_steps
+
+    first = vocoder.stream()._first_frames
+    plan = [[first, 5, 1, 9, 3], [first + 7, 2, 30, 0, 4], [0, first, 6, 2, 2], [first + 1, 8]]
+    worst, batches = batched_against_lone_steps(vocoder, plan)
+    assert batches >= 4 and worst <= TOLERANCE

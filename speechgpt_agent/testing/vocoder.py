@@ -234,3 +234,47 @@ def make_fairseq_codehifigan(
     (folder / "config.json").write_text(json.dumps(config, indent=4), encoding="utf-8")
     torch.save({"generator": model.state_dict()}, folder / checkpoint_name)
     return folder
+
+
+def batched_against_lone_steps(vocoder: Any, plan: list[list[int]], seed: int = 0) -> tuple[float, int]:
+    """Generator steps of several streams run by :class:`StreamBatcher` in one thread, round
+    by round, against the same steps of each stream alone.
+
+    ``plan``: per stream, the frames of each round's step (``0``: no step that round; a
+    stream's first step must hold its first run's frames). Returns (max difference, batches).
+    """
+    import numpy as np
+
+    from speechgpt_agent.vocoder_batch import StreamBatcher, _Request
+
+    channels = vocoder.model.conv_pre.in_channels
+    gen = torch.Generator().manual_seed(seed)
+    chunks = [[torch.randn(1, channels, n, generator=gen) if n else None for n in sizes] for sizes in plan]
+    with torch.inference_mode():
+        lone = []
+        for cs in chunks:
+            stream = vocoder.stream(predict_durations=False)
+            out = [stream._generator.step(c, False)[0, 0].numpy() for c in cs if c is not None]
+            out.append(stream._generator.step(torch.zeros(1, channels, 0), True)[0, 0].numpy())
+            lone.append(np.concatenate(out))
+        streams = [vocoder.stream(predict_durations=False) for _ in chunks]
+        batcher = StreamBatcher()
+        outs = [[] for _ in chunks]
+        for r in range(max(len(cs) for cs in chunks)):
+            requests = [(k, _Request(streams[k], cs[r])) for k, cs in enumerate(chunks)
+                        if r < len(cs) and cs[r] is not None]
+            batcher._run([req for _, req in requests])
+            for k, req in requests:
+                if req.error is not None:
+                    raise req.error
+                outs[k].append(req.audio)
+        for k, stream in enumerate(streams):
+            outs[k].append(stream._generator.step(torch.zeros(1, channels, 0), True)[0, 0].numpy())
+    worst = 0.0
+    for got, expected in zip(outs, lone):
+        got = np.concatenate(got)
+        if got.shape != expected.shape:
+            raise AssertionError(f"batched audio {got.shape} != lone audio {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst, batcher.batches
+
