@@ -213,10 +213,8 @@ class _VocoderFeed:
         return self._emit(self.stream.push(units))
 
     def flush(self) -> AudioChunk | None:
-        parts = [self.stream.push(self.pending)] if self.pending else []
-        self.pending = []
-        parts.append(self.stream.flush())
-        return self._emit(np.concatenate(parts))
+        units, self.pending = self.pending, []
+        return self._emit(self.stream.flush(units))  # the last units and the end in one run
 
 
 @dataclass

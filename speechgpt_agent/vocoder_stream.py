@@ -482,35 +482,47 @@ class StreamingVocoder:
         """
         if self._finished:
             raise RuntimeError("this stream was flushed; call reset() to start a new utterance.")
-        ids = _as_unit_ids(units)
-        self.model.check_units(ids)
-        keep = ids >= 0
-        if durations is not None:
-            if self.predicts_durations:
-                raise UnitError(
-                    "this stream predicts durations; open it with predict_durations=False to pass them."
-                )
-            dur = _as_unit_ids(durations, what="durations")
-            if dur.shape != ids.shape:
-                raise UnitError(f"got {ids.numel()} units but {dur.numel()} durations.")
-            if dur.numel() and int(dur.min()) < 0:
-                raise UnitError("durations must be >= 0 frames.")
-            dur = dur[keep]
-        else:
-            dur = None
+        ids, dur = self._checked(units, durations)
         with torch.inference_mode():
-            frames = self._frames(ids[keep], dur, final=False)
+            frames = self._frames(ids, dur, final=False)
             return self._audio(frames, final=False)
 
-    def flush(self) -> np.ndarray:
-        """End the utterance; return the remaining audio (float32, possibly empty)."""
+    def flush(self, units: UnitsLike | int = (), durations: UnitsLike | int | None = None) -> np.ndarray:
+        """End the utterance; return the remaining audio (float32, possibly empty).
+
+        ``units`` (and ``durations``), as for :meth:`push`, are the utterance's last units:
+        ``flush(last)`` equals ``push(last)`` then ``flush()`` and spares one generator run.
+        """
         if self._finished:
+            if len(_as_unit_ids(units)):
+                raise RuntimeError("this stream was flushed; call reset() to start a new utterance.")
             return np.zeros(0, dtype=np.float32)
+        ids, dur = self._checked(units, durations)
         with torch.inference_mode():
-            frames = self._frames(torch.zeros(0, dtype=torch.long), None, final=True)
+            frames = self._frames(ids, dur, final=True)
             audio = self._audio(frames, final=True)
         self._finished = True
         return audio
+
+    def _checked(
+        self, units: UnitsLike | int, durations: UnitsLike | int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unit ids (those >= 0) and their durations (or ``None``), validated."""
+        ids = _as_unit_ids(units)
+        self.model.check_units(ids)
+        keep = ids >= 0
+        if durations is None:
+            return ids[keep], None
+        if self.predicts_durations:
+            raise UnitError(
+                "this stream predicts durations; open it with predict_durations=False to pass them."
+            )
+        dur = _as_unit_ids(durations, what="durations")
+        if dur.shape != ids.shape:
+            raise UnitError(f"got {ids.numel()} units but {dur.numel()} durations.")
+        if dur.numel() and int(dur.min()) < 0:
+            raise UnitError("durations must be >= 0 frames.")
+        return ids[keep], dur[keep]
 
     # ------------------------------------------------------------ internals
 

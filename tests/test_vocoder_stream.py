@@ -321,3 +321,20 @@ def test_batched_generator_steps_equal_lone_steps(vocoder):
     plan = [[first, 5, 1, 9, 3], [first + 7, 2, 30, 0, 4], [0, first, 6, 2, 2], [first + 1, 8]]
     worst, batches = batched_against_lone_steps(vocoder, plan)
     assert batches >= 4 and worst <= TOLERANCE
+
+
+@pytest.mark.parametrize("given_durations", [False, True])
+def test_flush_with_the_last_units_equals_push_then_flush(vocoder, given_durations):
+    rng = np.random.default_rng(11)
+    units = rng.integers(0, 1000, 37)
+    durations = rng.integers(0, 4, 37) if given_durations else None
+    expected = vocoder.synthesize(units, durations)
+    for split in (0, 5, 30, 37):
+        stream = vocoder.stream(predict_durations=not given_durations)
+        head = stream.push(units[:split], None if durations is None else durations[:split])
+        tail = stream.flush(units[split:], None if durations is None else durations[split:])
+        got = np.concatenate([head, tail])
+        assert got.shape == expected.shape and np.abs(got - expected).max() <= TOLERANCE, split
+    with pytest.raises(RuntimeError, match="reset"):
+        stream.flush([3])
+    assert stream.flush().size == 0
