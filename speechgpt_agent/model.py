@@ -91,6 +91,20 @@ class GenerationOptions:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}.")
 
 
+def top_k_top_p_warpers(opts: GenerationOptions) -> list[Any]:
+    """transformers' top-k / top-p warpers of ``opts`` (none of either when it is off).
+
+    The engine runs them last, and after a grammar's mask when there is one (as vLLM does)."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    warpers: list[Any] = []
+    if opts.top_k:
+        warpers.append(TopKLogitsWarper(opts.top_k))
+    if opts.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(opts.top_p))
+    return warpers
+
+
 # --- tokenizer -----------------------------------------------------------------------------
 
 

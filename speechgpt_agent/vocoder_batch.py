@@ -65,18 +65,25 @@ def _cache_of(layers: list[Any], x: torch.Tensor) -> torch.Tensor:
     return _stack([layer.cache for layer in layers])
 
 
-def _conv_many(layers: list[Any], x: torch.Tensor, lengths: Lengths) -> tuple[torch.Tensor, Lengths]:
-    """:class:`~speechgpt_agent.vocoder_stream._StreamConv1d` for B streams (not final)."""
+def _conv_plan(layers: list[Any], x: torch.Tensor, lengths: Lengths) -> tuple[torch.Tensor, Lengths, int, int]:
+    """A stride-1 convolution's step over B streams: ``(cache [B, C, L], outputs per row,
+    outputs of the padded batch, that rounded up for the CPU's shape cache)``."""
     from .vocoder_stream import _padded_length
 
-    first = layers[0]
     cache = _cache_of(layers, x)
-    cached, context = cache.shape[2], first.context
+    cached, context = cache.shape[2], layers[0].context
     ready = [cached + n - context for n in lengths]
     if min(ready) <= 0:
         raise RuntimeError("a batched vocoder step without output (a bug).")
     out = cached + x.shape[2] - context
-    rounded = _padded_length(out, x.device)
+    return cache, ready, out, _padded_length(out, x.device)
+
+
+def _conv_many(layers: list[Any], x: torch.Tensor, lengths: Lengths) -> tuple[torch.Tensor, Lengths]:
+    """:class:`~speechgpt_agent.vocoder_stream._StreamConv1d` for B streams (not final)."""
+    first = layers[0]
+    cache, ready, out, rounded = _conv_plan(layers, x, lengths)
+    context = first.context
     buffer = torch.cat([cache, x] + ([x.new_zeros(x.shape[0], x.shape[1], rounded - out)]
                                      if rounded > out else []), dim=2)
     conv = first.conv
@@ -91,16 +98,9 @@ def _lrelu_conv_many(
 ) -> tuple[torch.Tensor, Lengths]:
     """:class:`~speechgpt_agent.vocoder_stream._StreamLReLUConv1d` for B streams (not final);
     ``skip`` [B, C_out, >= outputs] is added to the outputs (a residual block's input)."""
-    from .vocoder_stream import _padded_length
-
     first = layers[0]
-    cache = _cache_of(layers, x)
-    cached, context = cache.shape[2], first.context
-    ready = [cached + n - context for n in lengths]
-    if min(ready) <= 0:
-        raise RuntimeError("a batched vocoder step without output (a bug).")
-    out = cached + x.shape[2] - context
-    rounded = _padded_length(out, x.device)
+    cache, ready, out, rounded = _conv_plan(layers, x, lengths)
+    context = first.context
     inputs = F.pad(x, (0, rounded - out)) if rounded > out else x
     residual = None
     if skip is not None:

@@ -85,7 +85,12 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from speechgpt_agent.audio import SAMPLE_RATE
-from speechgpt_agent.model import DEFAULT_ADAPTER, DEFAULT_MODEL, GenerationOptions
+from speechgpt_agent.model import (
+    DEFAULT_ADAPTER,
+    DEFAULT_MODEL,
+    GenerationOptions,
+    top_k_top_p_warpers,
+)
 from speechgpt_agent.parse import TextDelta, TranscriptDelta, Units
 from speechgpt_agent.pipeline import AudioChunk, Completed, Response, SpeechGPT
 from speechgpt_agent.prompt import META_INSTRUCTION, as_history
@@ -256,23 +261,13 @@ class _Request:
             # compiled (cached) before generation starts, so a bad schema raises here; top-k
             # and top-p filter after the grammar's mask, not before it
             opts = self.options
-            warpers = _top_k_top_p(opts) if opts.do_sample else []
+            warpers = top_k_top_p_warpers(opts) if opts.do_sample else []
             processors.append(self.grammar.logits_processor(runtime.model, after=warpers))
             stream_kwargs["options"] = dataclasses.replace(opts, top_k=0, top_p=1.0)
         processors.append(answer.stopper)
         return {**stream_kwargs, "logits_processors": processors}, answer
 
 
-def _top_k_top_p(opts: GenerationOptions) -> list[Any]:
-    """transformers' top-k / top-p warpers of ``opts`` (applied after a grammar's mask)."""
-    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
-
-    warpers: list[Any] = []
-    if opts.top_k:
-        warpers.append(TopKLogitsWarper(opts.top_k))
-    if opts.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(opts.top_p))
-    return warpers
 
 
 def _args_survive_merging(args: Any) -> bool:

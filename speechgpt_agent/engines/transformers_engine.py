@@ -88,9 +88,9 @@ def logits_processors(model: SpeechGPTModel, opts: GenerationOptions, prompt_len
         MinNewTokensLengthLogitsProcessor,
         RepetitionPenaltyLogitsProcessor,
         TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
     )
+
+    from ..model import top_k_top_p_warpers
 
     procs = LogitsProcessorList()
     if opts.repetition_penalty != 1.0:
@@ -101,23 +101,10 @@ def logits_processors(model: SpeechGPTModel, opts: GenerationOptions, prompt_len
     if opts.do_sample:
         if opts.temperature != 1.0:
             procs.append(TemperatureLogitsWarper(opts.temperature))
-        if opts.top_k:
-            procs.append(TopKLogitsWarper(opts.top_k))
-        if opts.top_p < 1.0:
-            procs.append(TopPLogitsWarper(opts.top_p))
+        procs.extend(top_k_top_p_warpers(opts))
     return procs
 
 
-def _top_k_top_p(opts: GenerationOptions) -> list[Any]:
-    """transformers' top-k / top-p warpers of ``opts`` (run after a grammar's mask)."""
-    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
-
-    warpers: list[Any] = []
-    if opts.top_k:
-        warpers.append(TopKLogitsWarper(opts.top_k))
-    if opts.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(opts.top_p))
-    return warpers
 
 
 class _Turn:
@@ -257,7 +244,9 @@ class TransformersEngine(Engine):
                                   "has no logits_processor(model) method.")
             # the grammar's mask comes before top-k / top-p, as in vLLM: filtering first could
             # leave none of the tokens it allows (it would then choose among all of them)
-            warpers = _top_k_top_p(opts) if opts.do_sample else []
+            from ..model import top_k_top_p_warpers
+
+            warpers = top_k_top_p_warpers(opts) if opts.do_sample else []
             procs.append(make(self.model, after=warpers) if warpers else make(self.model))
             if warpers:
                 opts = dataclasses.replace(opts, top_k=0, top_p=1.0)
