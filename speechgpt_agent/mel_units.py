@@ -21,6 +21,17 @@ Features of one clip (16 kHz mono float32, ``T`` samples):
 4. ``deltas`` orders of regression deltas over +-2 frames (edges repeated);
 5. per-utterance normalisation of each dimension to zero mean and unit variance.
 
+Vocal tract length normalisation (optional, ``warp_factors``): voices differ most in the
+length of the vocal tract, which scales every formant by one factor. Before the mel
+filters, the power spectrum ``P(f)`` of a clip is read at ``P(alpha * f)`` (linear
+interpolation between bins, clamped at the Nyquist bin), for each ``alpha`` in
+``warp_factors``; the clip keeps the warp whose features lie closest to the codebook (the
+smallest mean squared distance to their nearest centroids): the maximum-likelihood warp
+search of Lee & Rose (1996), with k-means distortion as the likelihood. :meth:`MelUnitTokenizer.fit`
+alternates it with k-means (fit unwarped, pick each clip's warp, refit). On the demo corpus
+a nearest-neighbour match of unit strings finds the right question for six unheard voices
+72% of the time with warps 0.82..1.18 (10 steps), 66% without (issue 20's note).
+
 The folder format: ``mel_units.json`` (:class:`MelFeatureConfig` fields and ``num_units``)
 plus ``kmeans.safetensors`` (tensor ``cluster_centers``, ``[K, D]``), read by
 :func:`speechgpt_agent.kmeans.load_centroids`.
@@ -44,7 +55,8 @@ from .errors import AudioError, CheckpointError, ModelNotFoundError
 from .kmeans import SAFETENSORS_NAME, load_centroids
 from .units import UnitTokenizer
 
-__all__ = ["CONFIG_NAME", "MelFeatureConfig", "MelUnitTokenizer", "is_mel_tokenizer_folder", "mfcc_features"]
+__all__ = ["CONFIG_NAME", "MelFeatureConfig", "MelUnitTokenizer", "best_warp", "features_from_power",
+           "is_mel_tokenizer_folder", "mfcc_features", "power_spectrum"]
 
 PathLike = str | os.PathLike
 
@@ -64,6 +76,9 @@ class MelFeatureConfig:
     deltas: int = 2
     f_min: float = 0.0
     f_max: float = 8_000.0
+    warp_factors: tuple[float, ...] = ()
+    """Frequency warps searched per clip (vocal tract length normalisation, see the module
+    docstring); empty: none (the features of the first edition)."""
 
     def __post_init__(self) -> None:
         ints = ("sampling_rate", "win_length", "hop_length", "n_mels", "n_mfcc")
@@ -75,6 +90,10 @@ class MelFeatureConfig:
             raise CheckpointError(f"mel features: deltas must be 0, 1 or 2, got {self.deltas!r}.")
         if self.n_mfcc > self.n_mels:
             raise CheckpointError(f"mel features: n_mfcc ({self.n_mfcc}) > n_mels ({self.n_mels}).")
+        warps = tuple(self.warp_factors)
+        if any(isinstance(a, bool) or not isinstance(a, int | float) or not 0.5 <= a <= 2.0 for a in warps):
+            raise CheckpointError(f"mel features: warp_factors must be numbers in [0.5, 2], got {warps!r}.")
+        object.__setattr__(self, "warp_factors", tuple(float(a) for a in warps))
         if not 0 <= self.f_min < self.f_max <= self.sampling_rate / 2:
             raise CheckpointError(
                 f"mel features: need 0 <= f_min < f_max <= {self.sampling_rate / 2} Hz, "
@@ -112,10 +131,8 @@ def _deltas(x: torch.Tensor, width: int = 2) -> torch.Tensor:
     return num / (2 * sum(k * k for k in range(1, width + 1)))
 
 
-def mfcc_features(samples: np.ndarray | torch.Tensor, config: MelFeatureConfig) -> torch.Tensor:
-    """Normalised MFCC (+ deltas) of one clip: ``[frames, config.dim]`` float32.
-
-    Computed in float64 so that the same clip gives the same units on every machine.
+def power_spectrum(samples: np.ndarray | torch.Tensor, config: MelFeatureConfig) -> torch.Tensor:
+    """Power spectrum of one clip's frames: ``[frames, win_length // 2 + 1]`` float64.
 
     Raises:
         AudioError: not 1-D float samples, NaN/Inf, or shorter than one window.
@@ -132,16 +149,65 @@ def mfcc_features(samples: np.ndarray | torch.Tensor, config: MelFeatureConfig) 
         raise AudioError(
             f"audio is too short: {x.shape[0]} samples; one frame needs {config.win_length} "
             f"({1000 * config.win_length / config.sampling_rate:.0f} ms at {config.sampling_rate} Hz).")
-    window, mel, basis = _bases(config)
+    window, _, _ = _bases(config)
     frames = x.to(torch.float64).unfold(0, config.win_length, config.hop_length) * window
-    power = torch.fft.rfft(frames).abs().square()
-    ceps = torch.log(power @ mel + 1e-6) @ basis
+    return torch.fft.rfft(frames).abs().square()
+
+
+def _warp(power: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``P(alpha * f)`` of a power spectrum ``[frames, bins]``: linear between bins, the
+    Nyquist bin repeated past the top."""
+    if alpha == 1.0:
+        return power
+    bins = power.shape[1]
+    pos = (torch.arange(bins, dtype=torch.float64) * alpha).clamp(max=bins - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=bins - 1)
+    w = pos - lo
+    return power[:, lo] * (1 - w) + power[:, hi] * w
+
+
+def features_from_power(power: torch.Tensor, config: MelFeatureConfig, warp: float = 1.0) -> torch.Tensor:
+    """Normalised MFCC (+ deltas) ``[frames, config.dim]`` float32 of a :func:`power_spectrum`
+    read at ``warp`` times each frequency."""
+    _, mel, basis = _bases(config)
+    ceps = torch.log(_warp(power, warp) @ mel + 1e-6) @ basis
     parts = [ceps]
     for _ in range(config.deltas):
         parts.append(_deltas(parts[-1]))
     feats = torch.cat(parts, dim=1)
     feats = (feats - feats.mean(0)) / (feats.std(0, correction=0) + 1e-5)
     return feats.to(torch.float32)
+
+
+def mfcc_features(samples: np.ndarray | torch.Tensor, config: MelFeatureConfig, warp: float = 1.0) -> torch.Tensor:
+    """Normalised MFCC (+ deltas) of one clip: ``[frames, config.dim]`` float32, with the
+    spectrum read at ``warp`` times each frequency (1: unwarped).
+
+    Computed in float64 so that the same clip gives the same units on every machine.
+
+    Raises:
+        AudioError: not 1-D float samples, NaN/Inf, or shorter than one window.
+    """
+    return features_from_power(power_spectrum(samples, config), config, warp)
+
+
+def best_warp(power: torch.Tensor, config: MelFeatureConfig, centroids: torch.Tensor,
+              centroid_sq_norms: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    """The warp of ``config.warp_factors`` whose features lie closest to ``centroids``
+    ``[K, D]`` (mean squared distance to the nearest), and those features ``[frames, D]``.
+    Ties go to the first factor; with no factors, the unwarped features."""
+    if not config.warp_factors:
+        return 1.0, features_from_power(power, config)
+    sq = (centroids * centroids).sum(1) if centroid_sq_norms is None else centroid_sq_norms
+    best: tuple[float, float, torch.Tensor] | None = None
+    for alpha in config.warp_factors:
+        feats = features_from_power(power, config, alpha)
+        dist = ((feats * feats).sum(1, keepdim=True) - 2 * feats @ centroids.T + sq).min(1).values.mean().item()
+        if best is None or dist < best[1]:
+            best = (alpha, dist, feats)
+    assert best is not None
+    return best[0], best[2]
 
 
 def is_mel_tokenizer_folder(ref: PathLike) -> bool:
@@ -181,8 +247,16 @@ class MelUnitTokenizer(UnitTokenizer):
         return self.config.sampling_rate / self.config.hop_length
 
     def features(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Normalised MFCC features ``[frames, D]`` of float samples ``[T]`` (see module doc)."""
-        return mfcc_features(audio, self.config)
+        """Normalised MFCC features ``[frames, D]`` of float samples ``[T]`` (see module doc),
+        at the clip's best warp when the config has ``warp_factors``."""
+        return best_warp(power_spectrum(audio, self.config), self.config, self._centroids,
+                         self._centroid_sq_norms)[1]
+
+    def warp(self, audio: np.ndarray | torch.Tensor) -> float:
+        """The warp factor the features of float samples ``[T]`` are read at (1.0 without
+        ``warp_factors``): near 1 / (the voice's formant scale)."""
+        return best_warp(power_spectrum(audio, self.config), self.config, self._centroids,
+                         self._centroid_sq_norms)[0]
 
     # ------------------------------------------------------------------ fitting and files
 
@@ -196,31 +270,53 @@ class MelUnitTokenizer(UnitTokenizer):
         sample_rate: int | None = None,
         max_frames: int = 200_000,
         seed: int = 0,
+        warp_iterations: int = 2,
+        progress: bool = False,
     ) -> MelUnitTokenizer:
         """Fit the k-means codebook on the frames of ``sources`` (scikit-learn ``KMeans``).
+
+        With ``config.warp_factors``, the codebook is fitted on unwarped features first, then
+        ``warp_iterations`` times each clip's best warp is chosen against it and the codebook
+        refitted on the warped features (the alternation of Lee & Rose's VTLN training).
 
         Args:
             sources: clips (anything :func:`~speechgpt_agent.audio.load_audio` takes).
             num_units: ``K``.
             max_frames: frames drawn at random (seeded) when the clips hold more.
             seed: seeds the frame draw and k-means; the same inputs give the same codebook.
+            warp_iterations: warp-search and refit rounds (with ``warp_factors`` only).
+            progress: a tqdm bar over the fitting rounds.
 
         Raises:
             AudioError: an unusable clip. ValueError: fewer frames than ``num_units``.
         """
         from sklearn.cluster import KMeans
+        from tqdm.auto import tqdm
 
         config = config or MelFeatureConfig()
-        feats = [mfcc_features(load_audio(s, sample_rate, target_rate=config.sampling_rate), config)
-                 for s in sources]
-        data = torch.cat(feats).numpy() if feats else np.zeros((0, config.dim), np.float32)
-        if data.shape[0] < num_units:
-            raise ValueError(f"{data.shape[0]} frames cannot make {num_units} clusters: give more audio.")
+        powers = [power_spectrum(load_audio(s, sample_rate, target_rate=config.sampling_rate), config)
+                  for s in sources]
+        frames = sum(p.shape[0] for p in powers)
+        if frames < num_units:
+            raise ValueError(f"{frames} frames cannot make {num_units} clusters: give more audio.")
         rng = np.random.default_rng(seed)
-        if data.shape[0] > max_frames:
-            data = data[rng.choice(data.shape[0], max_frames, replace=False)]
-        km = KMeans(n_clusters=num_units, n_init=1, max_iter=100, random_state=seed).fit(data.astype(np.float64))
-        return cls(km.cluster_centers_.astype(np.float32), config)
+        pick = rng.choice(frames, max_frames, replace=False) if frames > max_frames else None
+
+        def kmeans(feats: list[torch.Tensor]) -> torch.Tensor:
+            data = torch.cat(feats).numpy()
+            if pick is not None:
+                data = data[pick]
+            km = KMeans(n_clusters=num_units, n_init=1, max_iter=100, random_state=seed).fit(data.astype(np.float64))
+            return torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
+
+        rounds = 1 + (warp_iterations if config.warp_factors else 0)
+        with tqdm(total=rounds, desc="k-means", disable=not progress) as bar:
+            centroids = kmeans([features_from_power(p, config) for p in powers])
+            bar.update(1)
+            for _ in range(rounds - 1):
+                centroids = kmeans([best_warp(p, config, centroids)[1] for p in powers])
+                bar.update(1)
+        return cls(centroids, config)
 
     @classmethod
     def from_pretrained(cls, folder: PathLike) -> MelUnitTokenizer:

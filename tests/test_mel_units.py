@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from speechgpt_agent.errors import AudioError, CheckpointError, ModelNotFoundError
-from speechgpt_agent.mel_units import CONFIG_NAME, MelFeatureConfig, MelUnitTokenizer, mfcc_features
+from speechgpt_agent.mel_units import (
+    CONFIG_NAME,
+    MelFeatureConfig,
+    MelUnitTokenizer,
+    features_from_power,
+    mfcc_features,
+    power_spectrum,
+)
 from speechgpt_agent.units import UnitSequence, UnitTokenizer
 
 
@@ -104,3 +111,66 @@ def test_pipeline_loads_a_mel_tokenizer_folder(fitted, tiny_model_set, tmp_path,
     response = sg.chat(audio=paths[0], output="text", seed=0,
                        options=__import__("speechgpt_agent.model", fromlist=["x"]).GenerationOptions(max_new_tokens=5))
     assert response.input_units == tok.encode(paths[0]).units
+
+
+WARPS = tuple(round(0.82 + 0.04 * k, 2) for k in range(10))  # 0.82 .. 1.18, as the demo recipe
+
+
+@pytest.fixture(scope="module")
+def vtln(clips):
+    paths = [c["path"] for c in clips.values()]
+    return MelUnitTokenizer.fit(paths, 24, config=MelFeatureConfig(warp_factors=WARPS), seed=0), paths
+
+
+def _formants_scaled(x: np.ndarray, scale: float) -> np.ndarray:
+    """``x`` played ``scale`` times faster: every frequency times ``scale`` (a shorter vocal tract)."""
+    from scipy.signal import resample
+
+    return resample(x, round(x.size / scale)).astype(np.float32)
+
+
+def test_vtln_finds_the_voice_scale(vtln):
+    """A voice whose frequencies are all scaled by s is read at about s times the warp."""
+    tok, paths = vtln
+    from speechgpt_agent.audio import load_audio
+
+    x = load_audio(paths[0])
+    base = tok.warp(x)
+    assert base in WARPS
+    for scale in (0.9, 1.1):
+        ratio = tok.warp(_formants_scaled(x, scale)) / base
+        assert abs(ratio - scale) <= 0.05, (scale, ratio, base)
+    # the units are those of the nearest centroid of the chosen warp's features
+    feats = tok.features(x)
+    assert torch.equal(feats, features_from_power(power_spectrum(x, tok.config), tok.config, base))
+    assert list(tok.encode(paths[0]).frames) == torch.cdist(feats, tok.centroids).argmin(1).tolist()
+
+
+def test_vtln_config_roundtrips_and_old_folders_load_unwarped(vtln, fitted, tmp_path):
+    tok, paths = vtln
+    tok.save_pretrained(tmp_path / "v")
+    saved = json.loads((tmp_path / "v" / CONFIG_NAME).read_text())
+    assert saved["warp_factors"] == list(WARPS)
+    again = MelUnitTokenizer.from_pretrained(tmp_path / "v")
+    assert again.config.warp_factors == WARPS and again.encode(paths[1]) == tok.encode(paths[1])
+    # a folder written before warps existed (the first edition's) reads unwarped, as before
+    plain, _ = fitted
+    plain.save_pretrained(tmp_path / "p")
+    cfg = json.loads((tmp_path / "p" / CONFIG_NAME).read_text())
+    cfg.pop("warp_factors")
+    (tmp_path / "p" / CONFIG_NAME).write_text(json.dumps(cfg))
+    old = MelUnitTokenizer.from_pretrained(tmp_path / "p")
+    assert old.config.warp_factors == () and old.warp(np.zeros(800, np.float32)) == 1.0
+    assert old.encode(paths[1]) == plain.encode(paths[1])
+    for bad in ([0.1], ["x"], [True]):
+        (tmp_path / "p" / CONFIG_NAME).write_text(json.dumps({**cfg, "warp_factors": bad}))
+        with pytest.raises(CheckpointError, match="warp_factors"):
+            MelUnitTokenizer.from_pretrained(tmp_path / "p")
+
+
+def test_vtln_fit_is_reproducible(clips):
+    paths = [c["path"] for c in clips.values()][:3]
+    config = MelFeatureConfig(warp_factors=(0.9, 1.0, 1.1))
+    a = MelUnitTokenizer.fit(paths, 8, config=config, seed=3)
+    b = MelUnitTokenizer.fit(paths, 8, config=config, seed=3)
+    assert torch.equal(a.centroids, b.centroids)
