@@ -21,6 +21,10 @@ so the whole-turn figures are bounded by it; ``tokens`` shows the engine's own b
   worker too) and of its child processes (vLLM's engine core and worker) during the run,
   and the cores they kept busy on average ((caller + engine) / total): on this 2-core
   machine a row near 2.0 is bound by the CPU itself, not by how the turns are scheduled;
+* CPU ceiling: the throughput (x N=1) the row's work could reach with every core of the
+  machine busy with it, ``units / ((caller + engine CPU s) / cores)`` over N=1's units/s.
+  A row whose ratio is near its ceiling is bound by the machine's CPU; a ceiling below
+  a target means the target needs less CPU per unit or more cores, not better scheduling;
 * vocoder batches: generator runs that served several turns at once
   (:mod:`speechgpt_agent.vocoder_batch`);
 * first audio: seconds from a turn's call to its first AudioChunk (median and worst);
@@ -55,6 +59,7 @@ from _common import environment, print_table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = ROOT / "tests" / "data" / "demo"
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 TTS_SENTENCES = ("what is seven plus five", "the sky is blue and the grass is green",
@@ -246,9 +251,14 @@ def main(argv: list[str] | None = None) -> int:
                 r["throughput_x_N1"] = r["units_per_s"] / mine[1]["units_per_s"]
                 if r["first_audio_median_s"] and mine[1]["first_audio_median_s"]:
                     r["first_audio_x_N1"] = r["first_audio_median_s"] / mine[1]["first_audio_median_s"]
+                # the most this row's work could give if every core were busy with it: its units
+                # over its CPU seconds spread across the machine's cores, against N=1's rate
+                cpu = r["caller_cpu_s"] + (r["engine_cpu_s"] or 0.0)
+                if cpu > 0:
+                    r["cpu_ceiling_x_N1"] = r["units"] / (cpu / CORES) / mine[1]["units_per_s"]
     columns = ["engine", "workload", "N", "units", "total_s", "units_per_s", "throughput_x_N1",
                "first_audio_median_s", "first_audio_worst_s", "first_audio_x_N1", "caller_cpu_s", "engine_cpu_s",
-               "cores_busy", "vocoder_batches", "all_spoken", "same_answers"]
+               "cores_busy", "cpu_ceiling_x_N1", "vocoder_batches", "all_spoken", "same_answers"]
     print_table(rows, columns)
     targets = {}
     for workload in args.workloads:
