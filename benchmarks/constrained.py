@@ -85,7 +85,7 @@ def _per_token(runtime, system: str | None, question: str | None, processors, re
 def _guard(runtime, repeats: int) -> tuple[list[dict], float]:
     """The no-call guard: per-token cost on and off, and its processor alone (us per token)."""
     from speechgpt_agent.demo import DEMO_DIR
-    from speechgpt_agent.grammar import no_tool_call_grammar
+    from speechgpt_agent.grammar_guard import no_tool_call_grammar
     from speechgpt_agent.model import GenerationOptions
     from speechgpt_agent.prompt import build_prompt
 

@@ -32,7 +32,8 @@ from .audio import SAMPLE_RATE, AudioSource
 from .demo import DEMO_NAME, demo_parts
 from .engines import ENGINES, Engine, EngineName, default_engine, load_engine
 from .errors import SpeechGPTError
-from .grammar import GrammarLogitsProcessor, no_tool_call_grammar
+from .grammar import GrammarLogitsProcessor
+from .grammar_guard import no_tool_call_grammar
 from .hubert import DEFAULT_HUBERT as DEFAULT_SPEECH_TOKENIZER
 from .model import DEFAULT_ADAPTER, DEFAULT_MODEL, GenerationOptions, SpeechGPTModel
 from .parse import Done, TextDelta, TranscriptDelta, Units
@@ -505,7 +506,7 @@ class SpeechGPT:
                 outputs in vLLM), with the same grammar.
             allow_tool_calls: ``False`` (default): no tool is bound, so a chat answer's text
                 never opens with a tool call of the prompt's JSON convention (``{"tool": ...}``):
-                the turn is decoded with :func:`~speechgpt_agent.grammar.no_tool_call_grammar`,
+                the turn is decoded with :func:`~speechgpt_agent.grammar_guard.no_tool_call_grammar`,
                 which refuses that opening and nothing else (but byte tokens that would make
                 the text invalid UTF-8). ``True`` for a caller that binds tools itself
                 (describes them in ``system`` and parses the calls). A ``grammar`` or a

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from speechgpt_agent.demo import DEMO_DIR
-from speechgpt_agent.grammar import no_tool_call_grammar
+from speechgpt_agent.grammar_guard import no_tool_call_grammar
 from speechgpt_agent.integrations.langchain.tool_calling import parse_tool_calls
 from speechgpt_agent.model import GenerationOptions
 from speechgpt_agent.testing.steer import ForceAnswer, answer_ids

@@ -53,7 +53,7 @@ schemas in the system text and asks for ``{"tool": name, "arguments": {...}}`` (
 ``invalid_tool_calls``). While a call may be under way the stream holds the text back, and
 generation ends as soon as a call is complete, so no speech is synthesized for it.
 Without tools bound (or with ``tool_choice="none"``) and without a JSON answer, the answer's
-text never opens with a call: decoding refuses it (:func:`speechgpt_agent.grammar.no_tool_call_grammar`),
+text never opens with a call: decoding refuses it (:func:`speechgpt_agent.grammar_guard.no_tool_call_grammar`),
 so a model that learned the convention answers in words instead.
 """
 
