@@ -3,7 +3,7 @@
 Argument types (:func:`positive_int`, :func:`non_negative`, :func:`probability`,
 :func:`engine_arg`) raise :class:`argparse.ArgumentTypeError`, so a bad value is argparse's
 usage error. :func:`add_model_set_args` adds the model-set and generation flags that chat,
-transcribe and speak share; :func:`generation_options`, :func:`quantization` and
+transcribe and speak share; :func:`generation_options`, :func:`llm_quantization` and
 :func:`load_runtime` turn them into what the library takes. :func:`check_audio_inputs` and
 :func:`check_output` refuse bad paths before any model loads. Imports of the library happen
 inside the functions, so building the parser stays instant.
