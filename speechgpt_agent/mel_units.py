@@ -154,16 +154,20 @@ def power_spectrum(samples: np.ndarray | torch.Tensor, config: MelFeatureConfig)
     return torch.fft.rfft(frames).abs().square()
 
 
-def _warp(power: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``P(alpha * f)`` of a power spectrum ``[frames, bins]``: linear between bins, the
-    Nyquist bin repeated past the top."""
-    if alpha == 1.0:
-        return power
-    bins = power.shape[1]
+@functools.lru_cache(maxsize=64)
+def _warp_taps(bins: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bins below and above ``alpha * k`` for each bin ``k`` and the weight of the upper one
+    (the Nyquist bin repeated past the top): the same for every clip, so built once."""
     pos = (torch.arange(bins, dtype=torch.float64) * alpha).clamp(max=bins - 1)
     lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=bins - 1)
-    w = pos - lo
+    return lo, (lo + 1).clamp(max=bins - 1), pos - lo
+
+
+def _warp(power: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``P(alpha * f)`` of a power spectrum ``[frames, bins]``, linear between bins."""
+    if alpha == 1.0:
+        return power
+    lo, hi, w = _warp_taps(power.shape[1], alpha)
     return power[:, lo] * (1 - w) + power[:, hi] * w
 
 

