@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from speechgpt_agent.integrations.langchain.calculator import calculator, evaluate_expression
+from speechgpt_agent.training.recipes.demo import world as world_module
 from speechgpt_agent.training.recipes.demo.corpus import (
     ANSWER_VOICE,
     HELD_OUT_LANGUAGES,
@@ -42,6 +43,7 @@ from speechgpt_agent.training.recipes.demo.world import (
     out_of_world,
     spoken_answers,
     tool_questions,
+    varied_out_of_world,
 )
 
 
@@ -437,7 +439,7 @@ def test_held_out_voices_and_variants_are_never_in_the_training_plan():
     clips = recipe.plan_corpus(0)
     assert clips == recipe.plan_corpus(0)
     training = [c for c in clips if not c.split.startswith("heldout")]
-    assert {c.split for c in training} == {"train", "train_extra", "answer_voice", "idk_train"}
+    assert {c.split for c in training} == {"train", "train_extra", "answer_voice", "idk_train", "idk_varied"}
     for c in training:
         language, _, variant = c.voice.partition("+")
         assert language in TRAIN_LANGUAGES and variant in TRAIN_VARIANTS, c
@@ -458,6 +460,29 @@ def test_held_out_voices_and_variants_are_never_in_the_training_plan():
     sizes = {split: sum(c.split == split for c in clips) for split in ("train", "train_extra", "idk_train")}
     assert sizes["train"] + sizes["train_extra"] <= 1.01 * (1290 + 2580)
     assert sizes["idk_train"] == recipe.IDK_RECORDINGS * sum(not q.held_out for q in out_of_world(0))
+    varied = [c.text for c in clips if c.split == "idk_varied"]
+    assert varied == [q.question for q in varied_out_of_world(recipe.VARIED_IDK_QUESTIONS, 0)][:recipe.VARIED_IDK_SPOKEN]
+
+
+def test_varied_out_of_world_questions_keep_the_held_out_half_unseen():
+    held = [q for q in out_of_world(0) if q.held_out]
+    varied = varied_out_of_world(400, 0)
+    assert varied == varied_out_of_world(400, 0) and varied != varied_out_of_world(400, 1)
+    questions = [q.question for q in varied]
+    assert len(set(questions)) == 400 and {q.answer for q in varied} == {IDK_ANSWER}
+    assert not set(questions) & ({qa.question for qa in closed_world(0)} | {q.question for q in out_of_world(0)})
+    # no filler of a held-out question in any form: "spain" is never asked when its capital is held out
+    held_words = {w for q in held for w in q.question.split()}
+    arithmetic = [q for q in questions if q.startswith("what is ") and q.split()[2] in NUMBER_WORDS]
+    for q in set(questions) - set(arithmetic):
+        form = next(f for f in world_module._VARIED_FORMS if re.fullmatch(f.replace("{}", "(.+)"), q))
+        filler = re.fullmatch(form.replace("{}", "(.+)"), q).group(1)
+        assert not (set(filler.split()) - {"a", "an", "the", "my", "your"}) & held_words, q
+    # both halves: the world's word forms and arithmetic beyond it (past ten, times, negatives)
+    assert 100 < len(arithmetic) < 300 and any("times" in q for q in arithmetic)
+    assert any(q.startswith("what is the capital of") for q in questions)
+    with pytest.raises(ValueError, match="varied out-of-world questions"):
+        varied_out_of_world(100_000, 0)
 
 
 def test_out_of_world_questions_are_outside_the_world_and_split_in_halves():
@@ -546,8 +571,11 @@ def test_idk_examples_enter_stages_two_and_three_without_swamping_them(tmp_path)
     import json
 
     data = _fake_run(tmp_path)
+    from speechgpt_agent.training.recipes.demo import __main__ as recipe
+
     held = {q.question for q in out_of_world(0) if q.held_out}
     trained_outside = {q.question for q in out_of_world(0) if not q.held_out}
+    varied = [q.question for q in varied_out_of_world(recipe.VARIED_IDK_QUESTIONS, 0)]
     stats = {}
     for stage in ("cm", "com"):
         samples = [json.loads(line) for line in (data / stage / "train.jsonl").read_text().splitlines() if line]
@@ -555,20 +583,24 @@ def test_idk_examples_enter_stages_two_and_three_without_swamping_them(tmp_path)
         stats[stage] = len(idk) / len(samples)
         text = "\n".join(s["plain_text"] for s in samples)
         assert not [q for q in held if q in text], stage  # held-out questions: in no form
+        answered = {s["plain_text"].split("[ta]")[0] for s in idk}
+        assert all(any(q in a for a in answered) for q in varied), stage  # every varied question, answered IDK
         if stage == "com":
             spoken = [s for s in idk if s["plain_text"].startswith("[Human]: <sosp>")]
             empty = [s for s in spoken if "[SpeechGPT]: ; [ta] i do not know; [ua] <sosp>" in s["plain_text"]]
             assert len(empty) == 160  # every non-speech clip, an empty transcript
             heard = {s["plain_text"].split("[SpeechGPT]: ", 1)[1].split(";")[0] for s in spoken} - {""}
-            assert heard == trained_outside  # each out-of-world question spoken, transcribed first
+            # each out-of-world question spoken, transcribed first; the recorded varied ones too
+            assert heard == trained_outside | set(varied[:recipe.VARIED_IDK_SPOKEN])
             written = [s for s in idk if s["plain_text"].startswith("[Human]: ") and "<sosp>" not in
                        s["plain_text"].split("[SpeechGPT]")[0]]
             assert len(written) >= len(trained_outside) * 6
         else:
             assert sum(_answer(s["plain_text"]) == "" and "<sosp>" in s["plain_text"]
                        and s["plain_text"].endswith("[SpeechGPT]: <eoa> ") for s in samples) == 160
-    # present, and a small share next to the in-world data
-    assert 0.015 < stats["cm"] < 0.06 and 0.03 < stats["com"] < 0.08, stats
+    # present, and a small share next to the in-world data (about 7% and 8%: session 9's run,
+    # at 3% and 5%, answered in-world questions "i do not know" 0.003 of the time)
+    assert 0.04 < stats["cm"] < 0.10 and 0.05 < stats["com"] < 0.11, stats
     ma = (data / "ma" / "train.txt").read_text()
     assert not [q for q in held if q in ma]
     assert all(f"{q}? {IDK_ANSWER}." in ma for q in trained_outside)  # stage 1's text knows it too

@@ -122,8 +122,8 @@ class Clip:
     pitch: int
     """espeak-ng pitch, 0..99"""
     split: str
-    """``"train"``, ``"heldout_voice"``, ``"train_extra"``, ``"answer_voice"``, ``"idk_train"``
-    or ``"heldout_idk"`` (see :func:`plan_clips`)"""
+    """``"train"``, ``"heldout_voice"``, ``"train_extra"``, ``"answer_voice"``, ``"idk_train"``,
+    ``"heldout_idk"`` or ``"idk_varied"`` (see :func:`plan_clips`)"""
 
 
 def _espeak() -> str:
@@ -137,7 +137,7 @@ def _espeak() -> str:
 def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int, *,
                extra_texts: Sequence[str] = (), extra_per_text: int = 0,
                answer_texts: Sequence[str] = (), idk_texts: Sequence[str] = (), idk_per_text: int = 0,
-               idk_eval_texts: Sequence[str] = ()) -> list[Clip]:
+               idk_eval_texts: Sequence[str] = (), varied_idk_texts: Sequence[str] = ()) -> list[Clip]:
     """The clips of the corpus.
 
     * ``train``: each of ``train_texts`` in :data:`VOICES_PER_TEXT` distinct training voices
@@ -150,7 +150,9 @@ def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int,
     * ``answer_voice``: each of ``answer_texts`` once in :data:`ANSWER_VOICE` (no draws);
     * ``idk_train``: ``idk_per_text`` recordings of each of ``idk_texts`` (out-of-world
       questions), in training voices, from a generator of their own;
-    * ``heldout_idk``: each of ``idk_eval_texts`` once, in the :data:`HELD_OUT_VOICES` in turn.
+    * ``heldout_idk``: each of ``idk_eval_texts`` once, in the :data:`HELD_OUT_VOICES` in turn;
+    * ``idk_varied``: each of ``varied_idk_texts`` (more out-of-world questions, each once) in a
+      training voice, from a generator of their own.
     """
     rng = random.Random(seed)
     clips = []
@@ -179,6 +181,10 @@ def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int,
                               idk.randint(20, 80), "idk_train"))
     for t, text in enumerate(idk_eval_texts):
         clips.append(Clip(f"ho{t:04d}", text, HELD_OUT_VOICES[t % len(HELD_OUT_VOICES)], 160, 50, "heldout_idk"))
+    varied = random.Random(seed + 3)
+    for t, text in enumerate(varied_idk_texts):
+        clips.append(Clip(f"g{t:04d}", text, train_voice(varied), varied.randint(125, 195),
+                          varied.randint(20, 80), "idk_varied"))
     return clips
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "out_of_world",
     "spoken_answers",
     "tool_questions",
+    "varied_out_of_world",
 ]
 
 NUMBER_WORDS: tuple[str, ...] = (
@@ -194,6 +195,89 @@ def out_of_world(seed: int = 0) -> list[QA]:
         held = set(rng.sample(questions, round(OUT_OF_WORLD_HELD_OUT_SHARE * len(questions))))
         out += [QA(q, IDK_ANSWER, "idk", q in held) for q in questions]
     return out
+
+
+_VARIED_FORMS: dict[str, tuple[str, ...]] = {
+    "what is the capital of {}": (
+        "spain", "germany", "china", "india", "brazil", "canada", "mexico", "egypt", "russia", "greece",
+        "peru", "kenya", "norway", "sweden", "poland", "chile", "cuba", "ireland", "portugal", "turkey",
+        "austria", "belgium", "denmark", "finland", "iceland", "nepal", "vietnam", "ghana", "wales", "scotland"),
+    "what color is {}": (
+        "a banana", "the sun", "a lemon", "an orange", "a crow", "coal", "a tomato", "milk", "blood",
+        "the sea", "a frog", "a carrot", "chocolate", "a plum", "a cherry", "the moon", "a pumpkin", "gold"),
+    "what animal says {}": (
+        "quack", "oink", "baa", "neigh", "hiss", "tweet", "roar", "ribbit", "cluck", "buzz", "howl",
+        "squeak", "hoot", "bleat", "chirp", "growl"),
+    "how many legs does {} have": (
+        "a bird", "a fish", "a snake", "a cat", "a horse", "an ant", "a crab", "a chicken", "a duck",
+        "a frog", "a worm", "a bee", "a cow", "a person", "a table", "a chair"),
+    "what day comes after {}": ("sunday", "tuesday", "wednesday", "thursday", "saturday"),
+    "what is the opposite of {}": (
+        "left", "big", "fast", "old", "happy", "wet", "open", "light", "loud", "soft", "early", "near",
+        "full", "rich", "strong", "tall", "in", "on", "yes", "good"),
+    "what do {} make": ("cows", "chickens", "spiders", "birds", "bakers", "trees", "sheep", "clouds"),
+    "who is {}": (
+        "the president", "the king", "your friend", "my teacher", "the best singer", "the queen",
+        "the fastest runner", "your mother", "the mayor", "that man"),
+    "tell me {}": (
+        "a joke", "a story", "a secret", "the news", "a poem", "a riddle", "something funny",
+        "about the war", "about cats", "the time"),
+    "how do i {}": (
+        "bake bread", "tie a knot", "cook rice", "fix a car", "learn french", "get home", "swim",
+        "ride a bike", "make tea", "find a job"),
+    "where is {}": (
+        "my phone", "the station", "the bank", "my car", "london bridge", "the key", "the moon", "paris",
+        "the park", "my dog"),
+    "what is {}": (
+        "love", "the weather", "the time", "a black hole", "gravity", "music", "a computer", "your job",
+        "the news", "the date", "my name", "a banana"),
+}
+"""Question forms and fillers of :func:`varied_out_of_world`: the world's own forms on things
+it was never told, and open ones."""
+
+
+def varied_out_of_world(n: int, seed: int) -> list[QA]:
+    """``n`` distinct out-of-world training questions (kind ``"idk"``, answered :data:`IDK_ANSWER`)
+    from :data:`_VARIED_FORMS` and arithmetic beyond the world (operands past ten, times,
+    divided by, squared, negative results), drawn from ``seed``.
+
+    A handful of fixed out-of-world questions teaches a small model those questions, not the
+    boundary of its world; many varied ones on the world's own forms teach the boundary.
+    Never a question of the world or of :func:`out_of_world`, and never a filler word of a
+    held-out out-of-world question (``spain`` when ``what is the capital of spain`` is held
+    out), so the benchmark's held-out half stays unseen in any form.
+    """
+    world = {qa.question for qa in closed_world(seed)}
+    outside = out_of_world(seed)
+    known = world | {q.question for q in outside}
+    held_words = {w for q in outside if q.held_out for w in q.question.split()}
+    rng = random.Random(seed + 11)
+    pool: list[str] = []
+    for form, fillers in _VARIED_FORMS.items():
+        form_words = set(form.replace("{}", "").split())
+        for filler in fillers:
+            if not (set(filler.split()) - form_words - {"a", "an", "the", "my", "your"}) & held_words:
+                pool.append(form.format(filler))
+    for a in range(21):
+        for b in range(21):
+            if a > 10 or b > 10:
+                pool += [f"what is {number_word(a)} plus {number_word(b)}"]
+                pool += [f"what is {number_word(a)} minus {number_word(b)}"] if a >= b else []
+            pool += [f"what is {number_word(a)} times {number_word(b)}"]
+            if a < b <= 10:
+                pool += [f"what is {number_word(a)} minus {number_word(b)}"]
+            if b and a % b == 0:
+                pool += [f"what is {number_word(a)} divided by {number_word(b)}"]
+        pool += [f"what is {number_word(a)} squared"]
+    pool = sorted(set(pool) - known)
+    rng.shuffle(pool)
+    # half on the world's words, half arithmetic, as far as the pool allows
+    words = [q for q in pool if not q.startswith("what is ") or q.split()[2] not in NUMBER_WORDS]
+    numbers = [q for q in pool if q not in set(words)]
+    chosen = words[:n // 2] + numbers[:n - min(len(words), n // 2)]
+    if len(chosen) < n:
+        raise ValueError(f"only {len(chosen)} varied out-of-world questions exist, asked for {n}")
+    return [QA(q, IDK_ANSWER, "idk") for q in chosen]
 
 
 @dataclass(frozen=True)
