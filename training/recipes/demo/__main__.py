@@ -14,7 +14,7 @@ Steps (each skipped when its output exists, so a rerun resumes):
 
 Reproducible from ``--seed``. On 2 CPU cores the LLM's three stages took about 100 minutes
 in the first edition (stage minutes are in the card's ``recipe.training_minutes``); the
-second edition adds ~6% to stages 2 and 3 (about 105 minutes, see :data:`EDITION`); the
+second edition adds ~6% to stage 2 and ~11% to stage 3 (about 110 minutes, see :data:`EDITION`); the
 vocoder trains at the same time, one thread each.
 
 Second edition (issue 20, "The demo model, second edition"), what changes:
@@ -135,10 +135,12 @@ the world's numbers, half beyond it), numbers from seed + 5 (stage 2) and seed +
 NO_TOOL_SEED_OFFSETS = {"cm": 5, "com": 6}
 EDITION = {
     "edition": 2,
-    "estimated_training_minutes": {"ma": 34, "cm": 52, "com": 19},
-    "estimate_basis": "first edition's card (ma 33.3, cm 49.2, com 17.7 min on 2 cores) scaled by the "
-                      "samples of stage 2 (mixed batches, padded to their longest: time ~ samples) and "
-                      "the tokens of stage 3 (length-grouped: time ~ tokens), counted on the planned data",
+    "estimated_training_minutes": {"ma": 40, "cm": 51, "com": 19},
+    "estimate_basis": "session 9's run of this edition (ma 39.4, cm 47.5, com 15.7 min on 2 cores, the "
+                      "vocoder beside it) scaled by the samples of stages 2 and 3 with the varied "
+                      "out-of-world questions and the repeated calculator conversations (x1.06, x1.11; "
+                      "stage 3 rounded up for its longer calculator samples); session 10's run measured "
+                      "cm 62.6 and com 26.2 min with a second vocoder training and probes beside it",
 }
 """What the card records of this edition (:func:`edition_card`)."""
 DEMO_QUESTION_TEXT = "what is seven plus five"
