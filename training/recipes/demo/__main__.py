@@ -101,7 +101,7 @@ sample in stage 2 (instructions drawn anew each time): the units stage 3's spoke
 are made of."""
 COM_FORMATS = ("s2s", "t2t")
 VOCODER_STEPS = 12000
-"""Vocoder optimiser steps (~75 min on one core, beside the LLM's stages 2 and 3). With 3000 steps
+"""Vocoder optimiser steps (35 min on one core in session 10's run, beside the LLM's stage 2). With 3000 steps
 and no clip of the answer voice, the 42 answers resynthesised from their own units were heard
 right 0.71 (session 9's run; the recordings themselves 0.95): the vocoder limited spoken answers."""
 VOCODER_ANSWER_REPEATS = 8
@@ -253,6 +253,14 @@ def build_vocoder(out: Path, seed: int, threads: int) -> Path:
     return train_vocoder(vocoder_rows(out), out / "vocoder", seed=seed, threads=threads, steps=VOCODER_STEPS)
 
 
+def _ids_by_text(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Clip ids of ``units.jsonl`` rows by their text, in row order."""
+    ids: dict[str, list[str]] = {}
+    for r in rows:
+        ids.setdefault(r["text"], []).append(r["id"])
+    return ids
+
+
 def _json_lines(rows: list[dict[str, Any]]) -> list[str]:
     return [json.dumps(r, ensure_ascii=False) for r in rows]
 
@@ -373,9 +381,7 @@ def build_llm_data(out: Path, seed: int, *, init_model: bool = True) -> Path:
                      + _json_lines(nonspeech_asr_examples(noise_rows))
                      + _json_lines(no_tool_examples(no_tool_questions(NO_TOOL_QUESTIONS["cm"],
                                                                       seed + NO_TOOL_SEED_OFFSETS["cm"]))), seed)
-    by_text: dict[str, list[str]] = {}
-    for r in train_rows:
-        by_text.setdefault(r["text"], []).append(r["id"])
+    by_text = _ids_by_text(train_rows)
     units = {r["id"]: r for r in train_rows}
     own_voice = {r["text"]: r["id"] for r in answer_rows}
     write_jsonl(data / "dialogues.jsonl", dialogues(world, units, by_text, seed=seed, answer_voice=own_voice))
@@ -385,9 +391,7 @@ def build_llm_data(out: Path, seed: int, *, init_model: bool = True) -> Path:
     build_chain_of_modality(read_dialogues(data / "dialogues.jsonl", report, unit_index(spoken)),
                             data / "com", formats=COM_FORMATS, seed=seed, report=report)
     # the extra recordings of the spoken questions: speech-in formats only
-    extra_by_text: dict[str, list[str]] = {}
-    for r in extra_rows:
-        extra_by_text.setdefault(r["text"], []).append(r["id"])
+    extra_by_text = _ids_by_text(extra_rows)
     both = {**units, **{r["id"]: r for r in extra_rows}}
     extra_lines = [d for d in dialogues([qa for qa in world if qa.question in extra_by_text], both,
                                         {**by_text, **extra_by_text}, seed=seed, answer_voice=own_voice)
@@ -398,9 +402,7 @@ def build_llm_data(out: Path, seed: int, *, init_model: bool = True) -> Path:
                             data / "com_extra", formats=("s2s",), seed=seed, report=report)
     # out-of-world questions: one spoken (s2s) and one written (t2t) dialogue per recording,
     # answered "i do not know" in the model's own voice
-    idk_by_text: dict[str, list[str]] = {}
-    for r in idk_rows:
-        idk_by_text.setdefault(r["text"], []).append(r["id"])
+    idk_by_text = _ids_by_text(idk_rows)
     idk_units = {**units, **{r["id"]: r for r in idk_rows}}
     write_jsonl(data / "dialogues.idk.jsonl",
                 dialogues(outside, idk_units, {**by_text, **idk_by_text}, seed=seed, answer_voice=own_voice))
@@ -408,9 +410,7 @@ def build_llm_data(out: Path, seed: int, *, init_model: bool = True) -> Path:
                                            unit_index(spoken + list(idk_records))),
                             data / "com_idk", formats=COM_FORMATS, seed=seed, report=report)
     # the varied out-of-world questions that were recorded: one spoken dialogue each
-    varied_by_text: dict[str, list[str]] = {}
-    for r in varied_rows:
-        varied_by_text.setdefault(r["text"], []).append(r["id"])
+    varied_by_text = _ids_by_text(varied_rows)
     write_jsonl(data / "dialogues.varied.jsonl",
                 dialogues([q for q in varied if q.question in varied_by_text], {**units, **{r["id"]: r for r in varied_rows}},
                           {**by_text, **varied_by_text}, seed=seed, answer_voice=own_voice))

@@ -273,7 +273,7 @@ def varied_out_of_world(n: int, seed: int) -> list[QA]:
     rng.shuffle(pool)
     # half on the world's words, half arithmetic, as far as the pool allows
     words = [q for q in pool if not q.startswith("what is ") or q.split()[2] not in NUMBER_WORDS]
-    numbers = [q for q in pool if q not in set(words)]
+    numbers = [q for q in pool if q.startswith("what is ") and q.split()[2] in NUMBER_WORDS]
     chosen = words[:n // 2] + numbers[:n - min(len(words), n // 2)]
     if len(chosen) < n:
         raise ValueError(f"only {len(chosen)} varied out-of-world questions exist, asked for {n}")
