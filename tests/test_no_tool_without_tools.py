@@ -4,7 +4,8 @@
 ``no_tool_call_grammar``; ``SpeechGPTChat`` and the server lift it only when tools are bound
 (or a JSON answer is asked for). Checked on the grammar alone (against a reference rule, on
 random texts), on the tiny random model set (steered), on the demo model (greedy, unsteered:
-unguarded, it answers digits questions with a calculator call), and on the CLI.
+guarded, it answers digits questions in text; with a system text that describes the calculator but no
+tool bound, unguarded it calls, guarded it does not), and on the CLI.
 """
 
 from __future__ import annotations
@@ -223,13 +224,25 @@ def demo(one_thread):
 
 @needs_demo
 def test_the_demo_answers_digits_questions_in_text(demo):
-    called = 0
     for q in DIGITS:
         r = demo.chat(q, output="text", options=GREEDY)
         assert r.text.strip() and not call_shaped(r.text), (q, r.text)
-        free = demo.chat(q, output="text", options=GREEDY, allow_tool_calls=True)
+
+
+@needs_demo
+def test_the_guard_keeps_the_demo_in_text_when_its_prompt_asks_for_calls(demo):
+    """A caller's own system text describing the calculator (a prompt that asks for calls),
+    with no tool bound to the turn: unguarded the demo calls, guarded it answers in text."""
+    from speechgpt_agent.training.recipes.demo.llm_data import calculator_system_prompt
+
+    system = calculator_system_prompt()  # SpeechGPTChat's system text with the calculator bound
+    called = 0
+    for q in DIGITS[1:]:  # numbers beyond the world: the calculator's questions
+        free = demo.chat(q, system=system, output="text", options=GREEDY, allow_tool_calls=True)
         called += bool(parse_tool_calls(free.text).tool_calls)
-    assert called >= 2  # unguarded, the demo calls the calculator: the guard did something
+        r = demo.chat(q, system=system, output="text", options=GREEDY)
+        assert not call_shaped(r.text), (q, r.text)  # (a model taught to call here may then say nothing)
+    assert called == len(DIGITS) - 1  # unguarded it called each time: the guard did something
 
 
 @needs_demo
