@@ -122,6 +122,41 @@ def test_tool_examples_match_what_speechgptchat_sends(tiny_model_set, one_thread
     assert second["plain_text"].endswith(f"[ta] {q.result}<eoa>.")
 
 
+def test_tool_bound_text_examples_are_speechgptchats_prompt_answered_in_text(tiny_model_set, one_thread):
+    """With the calculator bound, a question that is no calculator's: the prompt SpeechGPTChat
+    sends, character for character, answered in text (no call); stage 3 holds them by kind."""
+    from langchain_core.messages import HumanMessage
+
+    from speechgpt_agent.integrations.langchain import SpeechGPTChat
+    from speechgpt_agent.training.recipes.demo import __main__ as recipe
+    from speechgpt_agent.training.recipes.demo.llm_data import tool_bound_text_examples
+
+    qa = next(q for q in closed_world(0) if q.kind == "fact")
+    (example,) = tool_bound_text_examples([qa])
+    assert tool_bound_text_examples([qa], repeats=3) == [example] * 3
+    chat = SpeechGPTChat(model=str(tiny_model_set.model), adapter=str(tiny_model_set.adapter),
+                         speech_tokenizer=str(tiny_model_set.speech_tokenizer), vocoder="",
+                         quantization=None, modalities=["text"], max_tokens=3, seed=0)
+    runtime = chat.runtime
+    prompts: list[str] = []
+    real_prepare = runtime._prepare
+
+    def spy(*args, **kwargs):
+        turn = real_prepare(*args, **kwargs)
+        prompts.append(turn.prompt)
+        return turn
+
+    runtime._prepare = spy
+    try:
+        chat.bind_tools([calculator]).invoke([HumanMessage(qa.question)])
+    finally:
+        del runtime._prepare
+    assert prompts == [example["prefix"] + example["plain_text"].rsplit("[SpeechGPT]: ", 1)[0] + "[SpeechGPT]: "]
+    assert example["prefix"] == calculator_system_prompt()
+    assert example["plain_text"].endswith(f"[ta] {qa.answer}<eoa>.") and '"tool"' not in example["plain_text"]
+    assert set(recipe.TOOL_BOUND_TEXT_REPEATS) == {"fact", "arithmetic", "idk"}
+
+
 def test_knowledge_examples_are_the_runtimes_text_turns(tiny_model_set, one_thread):
     """Every question of the closed world, held-out ones included, as the text turn the runtime sends."""
     from speechgpt_agent.model import GenerationOptions
@@ -219,7 +254,8 @@ def training_texts(seed: int = 0) -> dict[str, list[str]]:
         "cm": [s["prefix"] + s["plain_text"] for s in
                tool_text_examples(tool_questions(recipe.CM_TOOL_TEXT_QUESTIONS, seed + 4))
                + knowledge_examples(world, repeats=1) + chain_knowledge_examples(world, repeats=1) + no_tool["cm"]],
-        "com": [s["prefix"] + s["plain_text"] for s in tool_use_examples(stage3) + no_tool["com"]],
+        "com": [s["prefix"] + s["plain_text"] for s in
+                tool_use_examples(stage3 + recipe.stage3_length_tool_questions(seed)) + no_tool["com"]],
         "tokenizer": tokenizer_corpus(world, stage3),
     }
 
@@ -265,6 +301,26 @@ def test_benchmark_calculator_numbers_occur_in_no_training_stage():
     for q in fresh:  # nor the question or its expression as written (no digit either side)
         for written in (q.question, q.expression):
             assert not re.search(rf"(?<!\d){re.escape(written)}(?!\d)", everything), written
+
+
+def test_stage3_calculator_numbers_have_every_length_and_stay_off_the_tests_cases():
+    """Stage 3 copies numbers of 2, 3 and 4 digits alike (``by_length``; the default draw gives
+    4 digits nine times in ten), and tests/test_demo.py's fresh-number cases stay unseen."""
+    from collections import Counter
+
+    from speechgpt_agent.training.recipes.demo import __main__ as recipe
+
+    default = Counter(len(n) for q in tool_questions(recipe.TOOL_QUESTIONS, 0) for n in re.findall(r"\d+", q.expression))
+    assert default[4] > 0.8 * sum(default.values())
+    length = recipe.stage3_length_tool_questions(0)
+    assert len(length) == recipe.TOOL_LENGTH_QUESTIONS
+    lengths = Counter(len(n) for q in length for n in re.findall(r"\d+", q.expression))
+    assert set(lengths) == {2, 3, 4} and min(lengths.values()) > 0.25 * sum(lengths.values()), lengths
+    for q in length:
+        assert str(evaluate_expression(q.expression)) == q.result and q.expression.split()[0] in q.question
+    trained = {pair for part in training_texts(0).values() for pair in number_pairs(part)}
+    cases = ["57 + 9041", "808 - 6123", "7210 * 35", "4096 + 3333", "912 * 468", "4321 * 1234"]
+    assert not set(number_pairs(cases)) & trained
 
 
 def test_showcase_numbers_appear_nowhere_in_the_prompt_or_training_data():
@@ -334,6 +390,18 @@ def test_extra_recordings_add_clips_without_changing_the_others():
     assert after[:len(before)] == before
     added = after[len(before):]
     assert [c.text for c in added] == ["twelve", "twelve"] and {c.split for c in added} == {"train_extra"}
+    assert not any(is_held_out_voice(c.voice) for c in added)
+
+
+def test_more_varied_recordings_leave_the_first_ones_as_they_were():
+    questions = [qa.question for qa in closed_world(0) if not qa.held_out][:5]
+    varied = [q.question for q in varied_out_of_world(20, 0)]
+    once = plan_clips(questions, questions[:2], seed=0, varied_idk_texts=varied)
+    thrice = plan_clips(questions, questions[:2], seed=0, varied_idk_texts=varied, varied_idk_per_text=3)
+    assert thrice[:len(once)] == once
+    added = thrice[len(once):]
+    assert [c.text for c in added] == [t for t in varied for _ in range(2)]
+    assert {c.split for c in added} == {"idk_varied"} and len({c.id for c in thrice}) == len(thrice)
     assert not any(is_held_out_voice(c.voice) for c in added)
 
 

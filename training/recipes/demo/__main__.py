@@ -14,7 +14,7 @@ Steps (each skipped when its output exists, so a rerun resumes):
 
 Reproducible from ``--seed``. On 2 CPU cores the LLM's three stages took about 100 minutes
 in the first edition (stage minutes are in the card's ``recipe.training_minutes``); the
-second edition adds ~6% to stage 2 and ~11% to stage 3 (about 110 minutes, see :data:`EDITION`); the
+second edition adds ~6% to stage 2 and ~28% to stage 3 (about 115 minutes, see :data:`EDITION`); the
 vocoder trains at the same time, one thread each.
 
 Second edition (issue 20, "The demo model, second edition"), what changes:
@@ -29,10 +29,12 @@ Second edition (issue 20, "The demo model, second edition"), what changes:
   non-speech clips (:data:`NONSPEECH_CLIPS`: silence, white/pink noise, 30-200 ms clips,
   generated from the seed) in stages 2 and 3 (:data:`IDK_REPEATS`), a few percent of each,
   with :data:`VARIED_IDK_QUESTIONS` more varied ones (:func:`.world.varied_out_of_world`) in
-  stages 2 and 3, :data:`VARIED_IDK_SPOKEN` of them recorded once;
+  stages 2 and 3, :data:`VARIED_IDK_SPOKEN` of them recorded :data:`VARIED_IDK_RECORDINGS` times;
 * no-tool digits questions (:data:`NO_TOOL_QUESTIONS`): answered in text, never a call;
 * the vocoder trains longer (:data:`VOCODER_STEPS`) and on the answer voice too
-  (:data:`VOCODER_ANSWER_REPEATS`); stage 3 repeats the calculator conversations (:data:`TOOL_REPEATS`);
+  (:data:`VOCODER_ANSWER_REPEATS`); stage 3 repeats the calculator conversations (:data:`TOOL_REPEATS`),
+  adds calculator questions on numbers of every length (:data:`TOOL_LENGTH_QUESTIONS`) and
+  asks the world's questions with the calculator bound, answered in text (:data:`TOOL_BOUND_TEXT_REPEATS`);
 * the speech tokenizer normalises vocal tract length (:data:`WARP_FACTORS`, a warp search
   per clip before the mel filters);
 * the card records the edition, the voices and the IDK/no-tool figures (:func:`edition_card`).
@@ -72,6 +74,14 @@ TOOL_QUESTIONS = 480
 TOOL_REPEATS = 2
 """Each calculator conversation appears this often in stage 3 (1 in session 9's run: calls
 right 0.90, answers 0.85; the first edition, with fewer other samples beside them, 1.00)."""
+TOOL_LENGTH_QUESTIONS = 480
+"""More stage-3 calculator questions (seed + 8), with numbers of 2, 3 and 4 digits alike
+(``tool_questions(..., by_length=True)``), repeated :data:`TOOL_REPEATS` times as well."""
+TOOL_LENGTH_SEED_OFFSET = 8
+TOOL_BOUND_TEXT_REPEATS = {"fact": 8, "arithmetic": 1, "idk": 2}
+"""Stage 3 also asks the world's questions and the trained out-of-world ones with the
+calculator bound, answered in text (``llm_data.tool_bound_text_examples``), this many times
+by kind: facts (24) more often than the arithmetic (187), which the calculator could answer too."""
 KNOWLEDGE_REPEATS = 15
 """Each closed-world question answered in text appears this often in stage 2 (see llm_data.knowledge_examples)."""
 TEXT_REPEATS = 15
@@ -127,20 +137,28 @@ text turn and the chain's text form) and stage 3 (the chain's text form). Sessio
 trained on the 48 fixed ones only, answered the held-out out-of-world questions "i do not
 know" 0.25 written and 0.03 spoken: "what is the capital of spain" -> "tokyo"."""
 VARIED_IDK_SPOKEN = 200
-"""The first this many of them are also recorded once (corpus split ``idk_varied``): ASR in
-stage 2, a spoken dialogue (s2s) in stage 3."""
+"""The first this many of them are also recorded, :data:`VARIED_IDK_RECORDINGS` times each
+(corpus split ``idk_varied``): ASR in stage 2, a spoken dialogue (s2s) per recording in stage 3."""
+VARIED_IDK_RECORDINGS = 1
+"""Recordings of each spoken varied question, in training voices. With 200 of them recorded
+once, session 10's run heard the held-out spoken out-of-world questions as the world's own
+("what is the capital of spain" -> "... of japan"), refusing 0.11 of them (written: 0.92);
+more recordings are the next thing to try (a stage 3 with all 400 recorded three times was
+started in session 11 and stopped for time)."""
 NO_TOOL_QUESTIONS = {"cm": 300, "com": 200}
 """Digits questions with no tool bound, answered in text (world.no_tool_questions: half on
 the world's numbers, half beyond it), numbers from seed + 5 (stage 2) and seed + 6 (stage 3)."""
 NO_TOOL_SEED_OFFSETS = {"cm": 5, "com": 6}
 EDITION = {
     "edition": 2,
-    "estimated_training_minutes": {"ma": 40, "cm": 51, "com": 19},
+    "estimated_training_minutes": {"ma": 40, "cm": 51, "com": 22},
     "estimate_basis": "session 9's run of this edition (ma 39.4, cm 47.5, com 15.7 min on 2 cores, the "
                       "vocoder beside it) scaled by the samples of stages 2 and 3 with the varied "
                       "out-of-world questions and the repeated calculator conversations (x1.06, x1.11; "
                       "stage 3 rounded up for its longer calculator samples); session 10's run measured "
-                      "cm 62.6 and com 26.2 min with a second vocoder training and probes beside it",
+                      "cm 62.6 and com 26.2 min with a second vocoder training and probes beside it; "
+                      "session 11's calculator questions of every length and tool-bound text answers "
+                      "made stage 3 x1.15 (measured 25.7 min on 2 threads with tests beside it)",
 }
 """What the card records of this edition (:func:`edition_card`)."""
 DEMO_QUESTION_TEXT = "what is seven plus five"
@@ -198,7 +216,7 @@ def plan_corpus(seed: int) -> list[Any]:
     return plan_clips(train_texts, eval_texts, seed, extra_texts=extra_texts, extra_per_text=EXTRA_RECORDINGS,
                       answer_texts=answers, idk_texts=[q.question for q in outside if not q.held_out],
                       idk_per_text=IDK_RECORDINGS, idk_eval_texts=[q.question for q in outside if q.held_out],
-                      varied_idk_texts=[q.question for q in varied])
+                      varied_idk_texts=[q.question for q in varied], varied_idk_per_text=VARIED_IDK_RECORDINGS)
 
 
 def plan_nonspeech_corpus(seed: int) -> list[Any]:
@@ -290,6 +308,14 @@ def stage1_text(world: list[Any], seed: int) -> list[str]:
             + tool_text(tool_questions(TOOL_RESULT_TEXT_QUESTIONS, seed + 3), part="answer"))
 
 
+def stage3_length_tool_questions(seed: int) -> list[Any]:
+    """Stage 3's calculator questions beside :data:`TOOL_QUESTIONS`: numbers of every length
+    (:data:`TOOL_LENGTH_QUESTIONS`); the tokenizer and stages 1 and 2 never read them."""
+    from .world import tool_questions
+
+    return tool_questions(TOOL_LENGTH_QUESTIONS, seed + TOOL_LENGTH_SEED_OFFSET, by_length=True)
+
+
 def build_llm_data(out: Path, seed: int, *, init_model: bool = True) -> Path:
     """The three stages' training files under ``out/data`` (and the initial LLM in
     ``out/llm_init`` unless ``init_model`` is False), from ``out/units.jsonl``."""
@@ -313,6 +339,7 @@ def build_llm_data(out: Path, seed: int, *, init_model: bool = True) -> Path:
         nonspeech_dialogue_examples,
         task_examples,
         tokenizer_corpus,
+        tool_bound_text_examples,
         tool_text_examples,
         tool_use_examples,
         write_jsonl,
@@ -330,7 +357,7 @@ def build_llm_data(out: Path, seed: int, *, init_model: bool = True) -> Path:
     outside = [q for q in out_of_world(seed) if not q.held_out]  # held-out ones: nowhere in training
     varied = varied_out_of_world(VARIED_IDK_QUESTIONS, seed)  # stages 2 and 3 only: stage 1 as before
     tools = tool_questions(TOOL_QUESTIONS, seed)
-    tool_lines = _json_lines(tool_use_examples(tools))
+    tool_lines = _json_lines(tool_use_examples(tools + stage3_length_tool_questions(seed)))
     data = out / "data"
     rows = _read_jsonl(out / "units.jsonl")
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -422,6 +449,9 @@ def build_llm_data(out: Path, seed: int, *, init_model: bool = True) -> Path:
     # the stage-3 file; so do the second edition's "i do not know" and no-tool samples
     _append_shuffled(data / "com" / "train.jsonl",
                      tool_lines * TOOL_REPEATS
+                     + _json_lines([e for kind, n in sorted(TOOL_BOUND_TEXT_REPEATS.items())
+                                    for e in tool_bound_text_examples([q for q in [*world, *outside] if q.kind == kind],
+                                                                      repeats=n)])
                      + _json_lines(task_examples(train_rows, per_text=2, seed=seed))
                      + _json_lines(task_examples(extra_rows, per_text=EXTRA_RECORDINGS, seed=seed, tts=False))
                      + _lines(data / "com_extra" / "train.jsonl")
@@ -478,8 +508,8 @@ def edition_card(seed: int) -> dict[str, Any]:
     * ``idk``: the fixed answer, the held-out out-of-world questions (the benchmark's), the
       non-speech kinds, levels and short-clip lengths;
     * ``no_tool``: how many digits questions without a tool each stage answers in text;
-    * ``tool_repeats`` and ``vocoder``: stage 3's calculator repeats, the vocoder's steps and
-      answer-voice repeats;
+    * ``tool_repeats``, ``tool_length_questions`` and ``vocoder``: stage 3's calculator repeats
+      and its questions on numbers of every length, the vocoder's steps and answer-voice repeats;
     * the training-time estimate and its basis (:data:`EDITION`).
     """
     from . import corpus
@@ -499,9 +529,10 @@ def edition_card(seed: int) -> dict[str, Any]:
                 "nonspeech_kinds": list(corpus.NONSPEECH_KINDS), "noise_levels_db": list(corpus.NOISE_LEVELS_DB),
                 "short_clip_ms": list(corpus.SHORT_CLIP_MS), "nonspeech_clips": NONSPEECH_CLIPS,
                 "repeats": IDK_REPEATS, "varied_questions": VARIED_IDK_QUESTIONS,
-                "varied_recorded": VARIED_IDK_SPOKEN},
+                "varied_recorded": VARIED_IDK_SPOKEN, "varied_recordings_each": VARIED_IDK_RECORDINGS},
         "no_tool": NO_TOOL_QUESTIONS,
-        "tool_repeats": TOOL_REPEATS,
+        "tool_repeats": TOOL_REPEATS, "tool_length_questions": TOOL_LENGTH_QUESTIONS,
+        "tool_bound_text_repeats": TOOL_BOUND_TEXT_REPEATS,
         "vocoder": {"steps": VOCODER_STEPS, "answer_voice_repeats": VOCODER_ANSWER_REPEATS},
         "speech_tokenizer": {"features": "mfcc-kmeans", "num_units": NUM_UNITS, "warp_factors": list(WARP_FACTORS)},
     }

@@ -137,7 +137,8 @@ def _espeak() -> str:
 def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int, *,
                extra_texts: Sequence[str] = (), extra_per_text: int = 0,
                answer_texts: Sequence[str] = (), idk_texts: Sequence[str] = (), idk_per_text: int = 0,
-               idk_eval_texts: Sequence[str] = (), varied_idk_texts: Sequence[str] = ()) -> list[Clip]:
+               idk_eval_texts: Sequence[str] = (), varied_idk_texts: Sequence[str] = (),
+               varied_idk_per_text: int = 1) -> list[Clip]:
     """The clips of the corpus.
 
     * ``train``: each of ``train_texts`` in :data:`VOICES_PER_TEXT` distinct training voices
@@ -151,8 +152,10 @@ def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int,
     * ``idk_train``: ``idk_per_text`` recordings of each of ``idk_texts`` (out-of-world
       questions), in training voices, from a generator of their own;
     * ``heldout_idk``: each of ``idk_eval_texts`` once, in the :data:`HELD_OUT_VOICES` in turn;
-    * ``idk_varied``: each of ``varied_idk_texts`` (more out-of-world questions, each once) in a
-      training voice, from a generator of their own.
+    * ``idk_varied``: ``varied_idk_per_text`` recordings of each of ``varied_idk_texts`` (more
+      out-of-world questions) in training voices: the first of each from a generator of its
+      own, the others (ids ``g0000_01`` ...) from another, so that adding recordings leaves
+      the first ones as they were.
     """
     rng = random.Random(seed)
     clips = []
@@ -185,6 +188,11 @@ def plan_clips(train_texts: Sequence[str], eval_texts: Sequence[str], seed: int,
     for t, text in enumerate(varied_idk_texts):
         clips.append(Clip(f"g{t:04d}", text, train_voice(varied), varied.randint(125, 195),
                           varied.randint(20, 80), "idk_varied"))
+    more = random.Random(seed + 4)
+    for t, text in enumerate(varied_idk_texts):
+        for k in range(1, varied_idk_per_text):
+            clips.append(Clip(f"g{t:04d}_{k:02d}", text, train_voice(more), more.randint(125, 195),
+                              more.randint(20, 80), "idk_varied"))
     return clips
 
 

@@ -111,6 +111,28 @@ def tool_use_examples(questions: Sequence[ToolQuestion], *, part: ToolPart = "bo
     return out
 
 
+def tool_bound_text_examples(questions: Sequence[QA], *, repeats: int = 1) -> list[dict[str, str]]:
+    """Questions asked with the calculator bound that are no calculator's: answered in text.
+
+    Without them every stage-3 turn with the tool section in its system text is a calculator
+    question, and the model learns "tool bound -> call": session 11's first stage-3 run called
+    the calculator on "how many legs does a spider have". Same prompts as
+    :func:`tool_use_examples` (SpeechGPTChat's, calculator bound, ``auto``), ``repeats`` times each.
+    """
+    from langchain_core.messages import HumanMessage
+
+    from speechgpt_agent.integrations.langchain.messages import to_turn_input
+
+    system = calculator_system_prompt()
+    system_part = build_prompt("x", system=system).split("[Human]")[0]
+    out = []
+    for qa in questions:
+        turn = to_turn_input([HumanMessage(qa.question)])
+        prefix, rest = _split_prompt(build_prompt(turn.text, history=turn.history, system=system), system_part)
+        out += [{"prefix": prefix, "plain_text": rest + chain_of_modality_answer(text=qa.answer) + "."}] * repeats
+    return out
+
+
 def knowledge_text(world: Sequence[QA], *, repeats: int, seed: int) -> list[str]:
     """Lines of plain text stating the closed world's answers, for stage ``ma``'s language model.
 

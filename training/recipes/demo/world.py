@@ -174,14 +174,27 @@ _TOOL_FORMS = (
 )
 
 
-def tool_questions(n: int, seed: int) -> list[ToolQuestion]:
-    """``n`` calculator questions on 2- to 4-digit numbers, drawn from ``seed``."""
+def tool_questions(n: int, seed: int, *, by_length: bool = False) -> list[ToolQuestion]:
+    """``n`` calculator questions on 2- to 4-digit numbers, drawn from ``seed``.
+
+    By default each number is uniform in 12..9999, so nine in ten have 4 digits; with
+    ``by_length`` its count of digits is uniform over 2, 3 and 4 first (numbers 12..99,
+    100..999, 1000..9999), and draws holding a :data:`SHOWCASE_NUMBERS` number are skipped.
+    A model that copies digits has to have copied numbers of every length: trained on the
+    default draws only, session 10's run copied ``57`` as ``577`` and ``912`` as ``9912``.
+    """
     rng = random.Random(seed)
-    out = []
-    for _ in range(n):
+    out: list[ToolQuestion] = []
+    while len(out) < n:
         question, expression, fn = rng.choice(_TOOL_FORMS)
-        a, b = rng.randint(12, 9999), rng.randint(12, 9999)
-        out.append(ToolQuestion(question.format(a=a, b=b), expression.format(a=a, b=b), str(fn(a, b))))
+        if by_length:
+            a, b = (rng.randint(max(12, 10 ** (k - 1)), 10 ** k - 1) for k in (rng.randint(2, 4), rng.randint(2, 4)))
+        else:
+            a, b = rng.randint(12, 9999), rng.randint(12, 9999)
+        q = ToolQuestion(question.format(a=a, b=b), expression.format(a=a, b=b), str(fn(a, b)))
+        if by_length and any(s in f"{q.expression} {q.result}" for s in SHOWCASE_NUMBERS):
+            continue
+        out.append(q)
     return out
 
 
