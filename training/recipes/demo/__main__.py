@@ -508,8 +508,9 @@ def edition_card(seed: int) -> dict[str, Any]:
     * ``idk``: the fixed answer, the held-out out-of-world questions (the benchmark's), the
       non-speech kinds, levels and short-clip lengths;
     * ``no_tool``: how many digits questions without a tool each stage answers in text;
-    * ``tool_repeats``, ``tool_length_questions`` and ``vocoder``: stage 3's calculator repeats
-      and its questions on numbers of every length, the vocoder's steps and answer-voice repeats;
+    * ``tool_repeats``, ``tool_length_questions``, ``tool_bound_text_repeats`` and ``vocoder``:
+      stage 3's calculator repeats, its questions on numbers of every length and its text answers
+      with the calculator bound, the vocoder's steps and answer-voice repeats;
     * the training-time estimate and its basis (:data:`EDITION`).
     """
     from . import corpus
