@@ -86,17 +86,8 @@ def test_held_out_questions_are_never_heard(tmp_path):
                 assert units[line["answer_audio"]]["voice"] == voice
 
 
-def test_tool_examples_match_what_speechgptchat_sends(tiny_model_set, one_thread):
-    """The training prompts are the runtime's prompts, character for character."""
-    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-
-    from speechgpt_agent.integrations.langchain import SpeechGPTChat
-
-    q = tool_questions(1, seed=5)[0]
-    first, second = tool_use_examples([q])
-    chat = SpeechGPTChat(model=str(tiny_model_set.model), adapter=str(tiny_model_set.adapter),
-                         speech_tokenizer=str(tiny_model_set.speech_tokenizer), vocoder="",
-                         quantization=None, modalities=["text"], max_tokens=3, seed=0)
+def _prompts_sent(chat, run) -> list[str]:
+    """The prompts ``chat``'s runtime builds while ``run()`` runs, in order."""
     runtime = chat.runtime
     prompts: list[str] = []
     real_prepare = runtime._prepare
@@ -108,13 +99,29 @@ def test_tool_examples_match_what_speechgptchat_sends(tiny_model_set, one_thread
 
     runtime._prepare = spy
     try:
-        bound = chat.bind_tools([calculator])
-        bound.invoke([HumanMessage(q.question)])
-        call = {"name": "calculator", "args": {"expression": q.expression}, "id": "call_0"}
-        bound.invoke([HumanMessage(q.question), AIMessage("", tool_calls=[call]),
-                      ToolMessage(q.result, tool_call_id="call_0", name="calculator")])
+        run()
     finally:
         del runtime._prepare
+    return prompts
+
+
+def test_tool_examples_match_what_speechgptchat_sends(tiny_model_set, one_thread):
+    """The training prompts are the runtime's prompts, character for character."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from speechgpt_agent.integrations.langchain import SpeechGPTChat
+
+    q = tool_questions(1, seed=5)[0]
+    first, second = tool_use_examples([q])
+    chat = SpeechGPTChat(model=str(tiny_model_set.model), adapter=str(tiny_model_set.adapter),
+                         speech_tokenizer=str(tiny_model_set.speech_tokenizer), vocoder="",
+                         quantization=None, modalities=["text"], max_tokens=3, seed=0)
+    bound = chat.bind_tools([calculator])
+    call = {"name": "calculator", "args": {"expression": q.expression}, "id": "call_0"}
+    prompts = _prompts_sent(chat, lambda: (
+        bound.invoke([HumanMessage(q.question)]),
+        bound.invoke([HumanMessage(q.question), AIMessage("", tool_calls=[call]),
+                      ToolMessage(q.result, tool_call_id="call_0", name="calculator")])))
     assert prompts[0] == first["prefix"] + first["plain_text"].rsplit("[SpeechGPT]: ", 1)[0] + "[SpeechGPT]: "
     assert prompts[1] == second["prefix"] + second["plain_text"].rsplit("[SpeechGPT]: ", 1)[0] + "[SpeechGPT]: "
     assert first["prefix"] == calculator_system_prompt()
@@ -137,20 +144,7 @@ def test_tool_bound_text_examples_are_speechgptchats_prompt_answered_in_text(tin
     chat = SpeechGPTChat(model=str(tiny_model_set.model), adapter=str(tiny_model_set.adapter),
                          speech_tokenizer=str(tiny_model_set.speech_tokenizer), vocoder="",
                          quantization=None, modalities=["text"], max_tokens=3, seed=0)
-    runtime = chat.runtime
-    prompts: list[str] = []
-    real_prepare = runtime._prepare
-
-    def spy(*args, **kwargs):
-        turn = real_prepare(*args, **kwargs)
-        prompts.append(turn.prompt)
-        return turn
-
-    runtime._prepare = spy
-    try:
-        chat.bind_tools([calculator]).invoke([HumanMessage(qa.question)])
-    finally:
-        del runtime._prepare
+    prompts = _prompts_sent(chat, lambda: chat.bind_tools([calculator]).invoke([HumanMessage(qa.question)]))
     assert prompts == [example["prefix"] + example["plain_text"].rsplit("[SpeechGPT]: ", 1)[0] + "[SpeechGPT]: "]
     assert example["prefix"] == calculator_system_prompt()
     assert example["plain_text"].endswith(f"[ta] {qa.answer}<eoa>.") and '"tool"' not in example["plain_text"]

@@ -26,6 +26,7 @@ non-speech clips (silence, noise, too-short clips) get an empty transcript in st
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Sequence
@@ -88,14 +89,11 @@ def tool_use_examples(questions: Sequence[ToolQuestion], *, part: ToolPart = "bo
     """
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-    from speechgpt_agent.integrations.langchain.messages import to_turn_input
     from speechgpt_agent.integrations.langchain.tool_calling import render_tool_calls
 
     if part not in _TURNS:
         raise ValueError(f"part must be one of {sorted(_TURNS)}, not {part!r}")
     keep_call, keep_answer = _TURNS[part]
-    system = calculator_system_prompt()
-    system_part = build_prompt("x", system=system).split("[Human]")[0]
     out = []
     for i, q in enumerate(questions):
         call = {"name": "calculator", "args": {"expression": q.expression}, "id": f"call_{i}"}
@@ -103,12 +101,26 @@ def tool_use_examples(questions: Sequence[ToolQuestion], *, part: ToolPart = "bo
         second = [*first, AIMessage("", tool_calls=[call]),
                   ToolMessage(q.result, tool_call_id=call["id"], name="calculator")]
         turns = [(first, render_tool_calls([call]))] * keep_call + [(second, q.result)] * keep_answer
-        for messages, answer in turns:
-            turn = to_turn_input(messages)
-            prompt = build_prompt(turn.text, history=turn.history, system=system)
-            prefix, rest = _split_prompt(prompt, system_part)
-            out.append({"prefix": prefix, "plain_text": rest + chain_of_modality_answer(text=answer) + "."})
+        out += [_calculator_bound_sample(messages, answer) for messages, answer in turns]
     return out
+
+
+@functools.cache
+def _calculator_prompt_parts() -> tuple[str, str]:
+    """The system text with the calculator bound, and the prompt's part before ``[Human]``."""
+    system = calculator_system_prompt()
+    return system, build_prompt("x", system=system).split("[Human]")[0]
+
+
+def _calculator_bound_sample(messages: Sequence[Any], answer: str) -> dict[str, str]:
+    """One chat sample of a turn with the calculator bound: SpeechGPTChat's prompt for
+    ``messages`` (LangChain messages), answered with the text ``answer``."""
+    from speechgpt_agent.integrations.langchain.messages import to_turn_input
+
+    system, system_part = _calculator_prompt_parts()
+    turn = to_turn_input(list(messages))
+    prefix, rest = _split_prompt(build_prompt(turn.text, history=turn.history, system=system), system_part)
+    return {"prefix": prefix, "plain_text": rest + chain_of_modality_answer(text=answer) + "."}
 
 
 def tool_bound_text_examples(questions: Sequence[QA], *, repeats: int = 1) -> list[dict[str, str]]:
@@ -121,16 +133,7 @@ def tool_bound_text_examples(questions: Sequence[QA], *, repeats: int = 1) -> li
     """
     from langchain_core.messages import HumanMessage
 
-    from speechgpt_agent.integrations.langchain.messages import to_turn_input
-
-    system = calculator_system_prompt()
-    system_part = build_prompt("x", system=system).split("[Human]")[0]
-    out = []
-    for qa in questions:
-        turn = to_turn_input([HumanMessage(qa.question)])
-        prefix, rest = _split_prompt(build_prompt(turn.text, history=turn.history, system=system), system_part)
-        out += [{"prefix": prefix, "plain_text": rest + chain_of_modality_answer(text=qa.answer) + "."}] * repeats
-    return out
+    return [e for qa in questions for e in [_calculator_bound_sample([HumanMessage(qa.question)], qa.answer)] * repeats]
 
 
 def knowledge_text(world: Sequence[QA], *, repeats: int, seed: int) -> list[str]:
