@@ -291,6 +291,37 @@ def test_fifty_structured_outputs_are_all_valid(chat):
         jsonschema.validate(as_typed.invoke("Alarm.", seed=seed), SCHEMAS["SetAlarm"])
 
 
+def test_an_answer_cut_off_by_max_tokens_says_so_instead_of_parsing_partly(chat):
+    """Four tokens cannot hold the JSON: LangChain's parsers would read ``'{"ver'`` as ``{}``
+    (a dict schema then "parses"), or find no call (``None``); here every path names the token limit and the fix."""
+    from langchain_core.exceptions import OutputParserException
+
+    short = chat.model_copy(update={"max_tokens": 4})
+    for runnable in (short.with_structured_output(Answer), short.with_structured_output(Answer.model_json_schema()),
+                     short.with_structured_output(Answer, method="function_calling")):
+        with pytest.raises(OutputParserException, match=r"token limit \(4 new tokens\).*raise max_tokens"):
+            runnable.invoke("Judge.", seed=0)
+        with pytest.raises(OutputParserException, match="raise max_tokens"):
+            list(runnable.stream("Judge.", seed=0))  # the partial values first, then the error
+    out = short.with_structured_output(Answer, include_raw=True).invoke("Judge.", seed=0)
+    assert out["parsed"] is None and "raise max_tokens" in str(out["parsing_error"])
+    assert out["raw"].response_metadata["finish_reason"] == "length" and out["raw"].usage_metadata["output_tokens"] == 4
+    # a demanded call cut off: an invalid call that says why, streamed or not
+    for limit in (4, 12):  # before the call opened, and inside it
+        model = chat.bind_tools(TOOLS, tool_choice="any", max_tokens=limit)
+        message = model.invoke("Go.", seed=1)
+        assert not message.tool_calls and len(message.invalid_tool_calls) == 1, message
+        assert f"token limit ({limit} new tokens)" in message.invalid_tool_calls[0]["error"]
+        full = None
+        for chunk in model.stream("Go.", seed=1):
+            full = chunk if full is None else full + chunk
+        assert not full.tool_calls and full.invalid_tool_calls
+        assert full.response_metadata["invalid_tool_call_errors"] == [message.invalid_tool_calls[0]["error"]]
+    # with room, the same calls and answers parse
+    assert _valid_calls(chat.bind_tools(TOOLS, tool_choice="any").invoke("Go.", seed=1))
+    assert isinstance(chat.with_structured_output(Answer).invoke("Judge.", seed=0), Answer)
+
+
 def test_json_mode_gives_json_objects(chat):
     model = chat.bind(response_format={"type": "json_object"}, max_tokens=60)
     for seed in range(5):

@@ -69,13 +69,27 @@ def test_a_question_the_demo_never_calls_for_gets_the_demanded_tool(demo_chat):
     jsonschema.validate(ai.tool_calls[0]["args"], weather["parameters"])
 
 
-def test_structured_output_on_the_demo_is_an_instance(demo_chat):
-    from pydantic import BaseModel
+def test_structured_output_on_the_demo_closes_its_json_and_parses(demo_chat):
+    """The demo was never taught JSON answers: what it writes into the strings is its own
+    business, but bounded strings close, so the answer ends by the grammar and parses; an
+    unbounded string it never closes within max_tokens, which is an error that says so
+    (LangChain's parser would have filled the fields with the cut-off text)."""
+    from langchain_core.exceptions import OutputParserException
+    from pydantic import BaseModel, Field
 
     class Capital(BaseModel):
+        country: str = Field(max_length=20)
+        capital: str = Field(max_length=20)
+
+    out = demo_chat.with_structured_output(Capital, include_raw=True).invoke("what is the capital of england")
+    assert isinstance(out["parsed"], Capital) and out["parsing_error"] is None, out
+    assert out["raw"].response_metadata["finish_reason"] == "stop"
+    assert json.loads(out["raw"].text) == out["parsed"].model_dump()
+
+    class Unbounded(BaseModel):
         country: str
         capital: str
 
-    out = demo_chat.with_structured_output(Capital).invoke("what is the capital of england")
-    assert isinstance(out, Capital)
-    json.dumps(out.model_dump())
+    short = demo_chat.model_copy(update={"max_tokens": 12})
+    with pytest.raises(OutputParserException, match="raise max_tokens"):
+        short.with_structured_output(Unbounded).invoke("what is the capital of england")

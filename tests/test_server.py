@@ -164,6 +164,25 @@ def test_calculator_tool_round_trip(client):
     assert deltas[-1].finish_reason == "tool_calls" and not "".join(d.delta.content or "" for d in deltas)
 
 
+def test_a_call_or_json_answer_cut_off_by_max_tokens_finishes_with_length(client):
+    """As OpenAI reports it: ``finish_reason`` "length" with the unfinished call's raw
+    arguments, and the OpenAI client's ``parse`` raises its length error."""
+    from pydantic import BaseModel
+
+    class Sum(BaseModel):
+        answer: int
+
+    question = [{"role": "user", "content": "what is 1234 times 5678"}]
+    r = client.chat.completions.create(model="demo", messages=question, tools=TOOLS, tool_choice="required",
+                                       temperature=0, max_tokens=6)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 6
+    raw = r.choices[0].message.tool_calls[0].function.arguments
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(raw)
+    with pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(model="demo", messages=TEXT, response_format=Sum, temperature=0, max_tokens=2)
+
+
 def test_structured_output(client):
     from pydantic import BaseModel
 

@@ -100,11 +100,17 @@ class AnswerText:
         self.emitted = self.text[:end]
         return out
 
-    def parsed(self) -> ParsedAnswer:
-        """The whole answer: its text and, with tools bound, its tool calls."""
+    def parsed(self, cut_off: int | None = None) -> ParsedAnswer:
+        """The whole answer: its text and, with tools bound, its tool calls.
+
+        Args:
+            cut_off: the generation's token limit when it ended there (finish reason
+                ``"length"``): an unfinished call then says so (:func:`.cut_off_error`).
+        """
         if not self.tools_active:
             return ParsedAnswer(self.text)
-        parsed = parse_tool_calls(self.text, default_tool=self.default_tool, forced=self.forced)
+        parsed = parse_tool_calls(self.text, default_tool=self.default_tool, forced=self.forced,
+                                  cut_off=None if self.stopped else cut_off)
         if self.single_call:
             parsed.tool_calls = parsed.tool_calls[:1]
             parsed.invalid_tool_calls = parsed.invalid_tool_calls[: 1 - len(parsed.tool_calls)]

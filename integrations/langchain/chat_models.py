@@ -62,26 +62,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from operator import itemgetter
 from typing import Any, Literal
 
-import torch
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, ModelProfile
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
-from langchain_core.output_parsers.openai_tools import (
-    JsonOutputKeyToolsParser,
-    PydanticToolsParser,
-)
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
-from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
-from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_json_schema
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from speechgpt_agent.audio import SAMPLE_RATE
@@ -91,8 +80,7 @@ from speechgpt_agent.model import (
     GenerationOptions,
     top_k_top_p_warpers,
 )
-from speechgpt_agent.parse import TextDelta, TranscriptDelta, Units
-from speechgpt_agent.pipeline import AudioChunk, Completed, Response, SpeechGPT
+from speechgpt_agent.pipeline import SpeechGPT
 from speechgpt_agent.prompt import META_INSTRUCTION, as_history
 
 from ._runtime import (
@@ -103,10 +91,10 @@ from ._runtime import (
     load_text_tokenizer,
     prompt_tokens_bound,
 )
-from .answer_text import AnswerText
-from .messages import audio_block, to_turn_input
+from .answer_message import PROVIDER, AnswerMessage, StopAfterThis
+from .messages import to_turn_input
+from .structured_output import structured_output
 from .tool_calling import (
-    ParsedAnswer,
     answer_grammar,
     json_answer_prompt,
     normalize_tool_choice,
@@ -117,7 +105,6 @@ from .tool_calling import (
 __all__ = ["SpeechGPTChat"]
 
 DEFAULT_SPEECH_TOKENIZER = "voidful/mhubert-base"
-PROVIDER = "speechgpt"
 
 Modality = Literal["text", "audio"]
 
@@ -132,29 +119,6 @@ _ALIASES = {"model_name": "model", "max_new_tokens": "max_tokens",
 """Other names of constructor arguments (those of other LangChain chat models)."""
 _IGNORED = frozenset({"api_key"})
 """Arguments of hosted chat models, accepted and dropped: a local model has no API key."""
-
-
-class _StopAfterThis:
-    """Logits processor that ends generation at the next step once :meth:`set` was called.
-
-    It implements ``stop`` sequences and the end of a complete tool call: the text that
-    follows is not wanted, so it is not generated (nor vocoded). Placed after every other
-    processor so that it wins.
-    """
-
-    def __init__(self, eos_id: int) -> None:
-        self.eos_id = eos_id
-        self._event = threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if not self._event.is_set():
-            return scores
-        forced = torch.full_like(scores, float("-inf"))
-        forced[..., self.eos_id] = 0.0
-        return forced
 
 
 def _hashable(value: Any) -> Any:
@@ -246,10 +210,10 @@ class _Request:
         self.options = fit_options(self.options, lm.context_length, bound, self.requested_max)
         self.stream_kwargs = {**kw, "options": self.options}
 
-    def start(self, runtime: SpeechGPT, *, streaming: bool) -> tuple[dict[str, Any], _Answer]:
+    def start(self, runtime: SpeechGPT, *, streaming: bool) -> tuple[dict[str, Any], AnswerMessage]:
         """``SpeechGPT.stream`` arguments of this call (fresh logits processors) and its answer."""
         self._fit_to_context(runtime)
-        answer = _Answer(self, _StopAfterThis(runtime.model.eos_id), streaming=streaming)
+        answer = AnswerMessage(self, StopAfterThis(runtime.model.eos_id), streaming=streaming)
         processors = [factory() for factory in self.chat.logits_processors]
         stream_kwargs = dict(self.stream_kwargs)
         if getattr(runtime.engine, "name", "transformers") != "transformers":
@@ -266,20 +230,6 @@ class _Request:
             stream_kwargs["options"] = dataclasses.replace(opts, top_k=0, top_p=1.0)
         processors.append(answer.stopper)
         return {**stream_kwargs, "logits_processors": processors}, answer
-
-
-def _args_survive_merging(args: Any) -> bool:
-    """Whether raw invalid-call args stay what they are when streamed chunks are added:
-    langchain-core re-parses merged args with its partial-JSON repair, and args it repairs
-    into an object would become a (wrong) valid call."""
-    from langchain_core.utils.json import parse_partial_json
-
-    if not isinstance(args, str) or not args:
-        return False
-    try:
-        return not isinstance(parse_partial_json(args), dict)
-    except Exception:  # noqa: BLE001 - unparseable: it stays an invalid call, args unchanged
-        return True
 
 
 def _response_schema(response_format: Any) -> dict[str, Any] | None:
@@ -301,141 +251,6 @@ def _response_schema(response_format: Any) -> dict[str, Any] | None:
         f"response_format {response_format!r} is not supported: use {{'type': 'json_object'}}, "
         "{'type': 'json_schema', 'json_schema': {'schema': ...}}, a JSON schema or a pydantic model."
     )
-
-
-class _Answer:
-    """Turns the runtime's events of one turn into LangChain chunks, and into the final message.
-
-    Holds back text that could still become a stop sequence, and (with tools bound) text
-    from the first character that can open a tool call, until it is known to be plain text.
-    """
-
-    def __init__(self, request: _Request, stopper: _StopAfterThis, *, streaming: bool) -> None:
-        self.request = request
-        self.streaming = streaming
-        self.stopper = stopper
-        self.follow = AnswerText(stops=request.stops, tools_active=request.tools_active,
-                                 json_answer=request.json_answer is not None, speak=request.speak,
-                                 default_tool=request.default_tool, on_stop=stopper.set,
-                                 forced=request.forced, single_call=request.single_call)
-        self.transcript = ""
-        self.sent_transcript = ""  # the part of it already streamed in chunk metadata
-        self.units: list[int] = []
-        self.audio_blocks: list[dict[str, Any]] = []
-        self.held_audio: list[dict[str, Any]] = []
-        self.response: Response | None = None
-
-    # -- text --
-
-    # -- events -> chunks --
-
-    def _text_chunk(self, text: str) -> AIMessageChunk:
-        if self.request.text_only:
-            return AIMessageChunk(content=text)
-        return AIMessageChunk(content=[{"type": "text", "text": text, "index": 0}])
-
-    def feed(self, event: Any) -> list[ChatGenerationChunk]:
-        """Chunks to stream for one runtime event (often none)."""
-        if isinstance(event, TextDelta):
-            text = self.follow.feed(event.text)
-            return [ChatGenerationChunk(message=self._text_chunk(text))] if text else []
-        if isinstance(event, TranscriptDelta):
-            self.transcript += event.text
-            if self.streaming and event.text:
-                self.sent_transcript += event.text
-                empty: list[Any] | str = "" if self.request.text_only else []
-                return [ChatGenerationChunk(message=AIMessageChunk(
-                    content=empty, response_metadata={"transcript": event.text}))]
-        elif isinstance(event, Units):
-            self.units.extend(event.ids)
-        elif isinstance(event, AudioChunk) and self.streaming:
-            block = audio_block(event.samples, event.sample_rate, offset=event.offset,
-                                sample_rate=event.sample_rate)
-            block["index"] = len(self.audio_blocks) + len(self.held_audio) + 1
-            if self.follow.opener() >= 0:  # maybe a spoken tool call: decided at the end
-                self.held_audio.append(block)
-            else:
-                self.audio_blocks.append(block)
-                return [ChatGenerationChunk(message=AIMessageChunk(content=[block]))]
-        elif isinstance(event, Completed):
-            self.response = event.response
-        return []
-
-    def last_chunk(self) -> ChatGenerationChunk:
-        """The final chunk: the rest of the text, tool calls, usage and metadata."""
-        parsed = self.follow.parsed()
-        content: list[Any] | str = [] if not self.request.text_only else ""
-        rest = self.follow.unreleased(parsed.content)
-        if rest:
-            content = rest if self.request.text_only else [{"type": "text", "text": rest, "index": 0}]
-        if not parsed.tool_calls and not parsed.invalid_tool_calls and self.held_audio:
-            assert isinstance(content, list)
-            content.extend(self.held_audio)
-        chunks = [tool_call_chunk(name=name, args=args, id=call_id, index=i)
-                  for i, (name, args, call_id) in enumerate(parsed.stream_args())]
-        n_valid = len(parsed.tool_calls)
-        for i, call in enumerate(parsed.invalid_tool_calls):
-            if _args_survive_merging(call["args"]):
-                chunks[n_valid + i]["args"] = call["args"]  # as invoke has them
-        metadata = self._metadata(parsed)
-        full = metadata["transcript"]
-        metadata["transcript"] = full[len(self.sent_transcript):] if full.startswith(self.sent_transcript) else ""
-        return ChatGenerationChunk(message=AIMessageChunk(
-            content=content,
-            tool_call_chunks=chunks,
-            usage_metadata=self._usage(),
-            response_metadata=metadata,
-            chunk_position="last",
-        ))
-
-    def message(self) -> AIMessage:
-        """The whole answer as one message (``invoke``)."""
-        parsed = self.follow.parsed()
-        calls = parsed.tool_calls or parsed.invalid_tool_calls
-        audio = None if self.response is None or calls else self.response.audio
-        if self.request.text_only:
-            content: str | list[Any] = parsed.content
-        else:
-            keep_text = parsed.content or (audio is None and not calls)
-            content = [{"type": "text", "text": parsed.content}] if keep_text else []
-            if audio is not None:
-                content.append(audio_block(audio, self.response.sample_rate))  # type: ignore[union-attr]
-        return AIMessage(
-            content=content,
-            tool_calls=parsed.tool_calls,
-            invalid_tool_calls=parsed.invalid_tool_calls,
-            usage_metadata=self._usage(),
-            response_metadata=self._metadata(parsed),
-        )
-
-    def _usage(self) -> UsageMetadata:
-        r = self.response
-        prompt, completion = (r.usage.prompt_tokens, r.usage.completion_tokens) if r else (0, 0)
-        return UsageMetadata(
-            input_tokens=prompt,
-            output_tokens=completion,
-            total_tokens=prompt + completion,
-            input_token_details={"audio": len(r.input_units) if r else 0},
-            output_token_details={"audio": len(r.units) if r else 0},
-        )
-
-    def _metadata(self, parsed: ParsedAnswer | None = None) -> dict[str, Any]:
-        r = self.response
-        reason = r.finish_reason if r else "cancelled"
-        if self.follow.stopped:
-            reason = "stop"
-        extra: dict[str, Any] = {}
-        if parsed is not None and parsed.invalid_tool_calls:
-            extra["invalid_tool_call_errors"] = [c.get("error") or "" for c in parsed.invalid_tool_calls]
-        return extra | {
-            "model_name": self.request.model_name,
-            "model_provider": PROVIDER,
-            "finish_reason": reason,
-            "transcript": r.transcript if r else self.transcript,
-            "units": list(r.units) if r else list(self.units),
-            "sample_rate": r.sample_rate if r else SAMPLE_RATE,
-            "complete": bool(r and r.complete),
-        }
 
 
 class SpeechGPTChat(BaseChatModel):
@@ -853,32 +668,11 @@ class SpeechGPTChat(BaseChatModel):
 
         Raises:
             speechgpt_agent.grammar.GrammarError: a schema keyword the grammar cannot enforce.
+            langchain_core.exceptions.OutputParserException: (from the runnable, unless
+                ``include_raw``) the answer reached ``max_tokens`` before its JSON closed,
+                or the demanded call is invalid; the message names the limit to raise.
         """
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}.")
-        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
-        ls_format = {"kwargs": {"method": method}, "schema": schema}
-        if method == "function_calling":
-            name = convert_to_openai_tool(schema)["function"]["name"]
-            llm = self.bind_tools([schema], tool_choice=name, strict=strict,
-                                  ls_structured_output_format=ls_format)
-            parser: Runnable = (PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic
-                                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
-        elif method in ("json_schema", "json_mode"):
-            response_format: dict[str, Any] = (
-                {"type": "json_object"} if method == "json_mode"
-                else {"type": "json_schema", "json_schema": {"schema": convert_to_json_schema(schema)}})
-            if strict is not None and method == "json_schema":
-                response_format["json_schema"]["strict"] = strict
-            llm = self.bind(response_format=response_format, modalities=["text"],
-                            ls_structured_output_format=ls_format)
-            parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
-        else:
-            raise ValueError(f"method must be 'json_schema', 'function_calling' or 'json_mode', got {method!r}.")
-        if not include_raw:
-            return llm | parser
-        with_parsed = RunnablePassthrough.assign(
-            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
-        without = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | with_parsed.with_fallbacks([without], exception_key="parsing_error")
+        return structured_output(self, schema, method=method, include_raw=include_raw, strict=strict)
 

@@ -49,6 +49,7 @@ __all__ = [
     "ParsedAnswer",
     "answer_grammar",
     "complete_json_at",
+    "cut_off_error",
     "json_answer_prompt",
     "new_call_id",
     "normalize_tool_choice",
@@ -308,7 +309,15 @@ def _around(text: str, start: int, end: int) -> str:
     return f"{before} {after}" if before and after else before or after
 
 
-def parse_tool_calls(text: str, *, default_tool: str | None = None, forced: bool = False) -> ParsedAnswer:
+def cut_off_error(limit: int, what: str = "tool call") -> str:
+    """The error of an answer that reached its token limit inside ``what``: the call (or JSON
+    answer) is not malformed but unfinished, and a larger ``max_tokens`` is the fix."""
+    return (f"the answer reached its token limit ({limit} new tokens) inside the {what}, before "
+            f"it closed: raise max_tokens (now {limit}).")
+
+
+def parse_tool_calls(text: str, *, default_tool: str | None = None, forced: bool = False,
+                     cut_off: int | None = None) -> ParsedAnswer:
     """Find the tool calls in a model answer. Never raises.
 
     Args:
@@ -318,6 +327,9 @@ def parse_tool_calls(text: str, *, default_tool: str | None = None, forced: bool
             only a JSON object that opens the answer's first bracket counts.
         forced: the prompt demanded a call (``tool_choice`` ``"any"`` or a name): text that
             opens JSON but does not parse is then an invalid call even without a tool name.
+        cut_off: the answer ended at this token limit (finish reason ``"length"``): a call
+            that does not parse is then reported as unfinished (:func:`cut_off_error`), not
+            as malformed.
 
     Returns:
         The text and the calls. The first JSON value that is a call (an object with a
@@ -359,8 +371,12 @@ def parse_tool_calls(text: str, *, default_tool: str | None = None, forced: bool
                 _FENCE_BEFORE.sub("", text[:start]).rstrip(),
                 invalid_tool_calls=[invalid_tool_call(
                     name=name, args=raw, id=new_call_id(),
-                    error="the model's tool call is not valid JSON; expected "
-                          '{"tool": "<name>", "arguments": {...}}.',
+                    error=cut_off_error(cut_off) if cut_off is not None else
+                    "the model's tool call is not valid JSON; expected "
+                    '{"tool": "<name>", "arguments": {...}}.',
                 )],
             )
+    if forced and cut_off is not None:  # the demanded call had not even opened
+        return ParsedAnswer("", invalid_tool_calls=[invalid_tool_call(
+            name=default_tool, args=text.strip(), id=new_call_id(), error=cut_off_error(cut_off))])
     return ParsedAnswer(text)

@@ -551,12 +551,13 @@ class AnswerBuilder:
         return []
 
     def _finish_reason(self, parsed: ParsedAnswer) -> str:
-        if parsed.tool_calls or parsed.invalid_tool_calls:
-            return "tool_calls"
-        if self.follow.stopped:
-            return "stop"
         reason = self.response.finish_reason if self.response is not None else "stop"
-        return "length" if reason == "length" else "stop"
+        cut = reason == "length" and not self.follow.stopped
+        if parsed.tool_calls or (parsed.invalid_tool_calls and not cut):
+            return "tool_calls"
+        # a call cut off by max_tokens is "length", as OpenAI reports it (its raw arguments
+        # are still passed on)
+        return "length" if cut else "stop"
 
     @staticmethod
     def _tool_calls(parsed: ParsedAnswer) -> list[dict[str, Any]]:
