@@ -518,8 +518,9 @@ class SpeechGPT:
             reference: reproduce the original ``cli_infer.py`` exactly, for evaluation against
                 published numbers (default: :attr:`reference`): no token healing (the prompt's
                 final space stays a lone token), ``min_new_tokens`` not enforced (the
-                original's ``GenerationConfig`` had no eos id, so it never applied), and the
-                ASR question as the original built it from what the user typed.
+                original's ``GenerationConfig`` had no eos id, so it never applied), no
+                no-tool guard (decoding is free, as there: ``allow_tool_calls`` is moot), and
+                the ASR question as the original built it from what the user typed.
             instruction: the ASR / TTS instruction (default: SpeechInstruct's, see
                 :data:`~speechgpt_agent.prompt.ASR_INSTRUCTION`).
             audio_chunk_units: units handed to the streaming vocoder at a time after the
@@ -545,7 +546,7 @@ class SpeechGPT:
             opts = dataclasses.replace(opts, min_new_tokens=0)
         turn = self._prepare(text, audio, sample_rate, task, history, system, opts, instruction, ref)
         input_ids = self.model.encode(turn.prompt) if ref else self.model.encode_prompt(turn.prompt)
-        if grammar is None and not allow_tool_calls and (task or "chat") == "chat" and not any(
+        if grammar is None and not allow_tool_calls and not ref and (task or "chat") == "chat" and not any(
                 isinstance(p, GrammarLogitsProcessor) for p in logits_processors):
             grammar = no_tool_call_grammar()
         tokens = self.engine.generate(input_ids, opts, seed=seed, stop_strings=(EOA,),

@@ -36,9 +36,11 @@ class _Recording(Engine):
     def __init__(self, inner: Engine) -> None:
         self.inner = inner
         self.calls: list[tuple[list[int], GenerationOptions]] = []
+        self.grammars: list = []
 
     def generate(self, prompt_ids, options=None, **kwargs):
         self.calls.append((list(prompt_ids), options))
+        self.grammars.append(kwargs.get("grammar"))
         return self.inner.generate(prompt_ids, options, **kwargs)
 
 
@@ -63,6 +65,8 @@ def test_reference_turn_has_no_token_healing_and_no_min_new_tokens(demo):
     assert demo.model.tokenizer.convert_ids_to_tokens(ids[-1]) == "\u2581"  # the lone space stays
     assert sent.min_new_tokens == 0
     assert raw.usage.prompt_tokens == healed.usage.prompt_tokens + 1
+    # decoding is free as in the original: no no-tool guard (which the default turn has)
+    assert demo.engine.grammars[-1] is None and demo.engine.grammars[-2] is not None
 
 
 def test_the_instance_default_and_the_asr_path(demo):
