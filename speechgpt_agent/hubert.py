@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import pickle
 import re
@@ -100,6 +101,15 @@ _ACTIVATIONS = {
 _PRETRAINING_ONLY = re.compile(r"^(label_embs_concat|final_proj\..*|target_glu\..*)$")
 
 _HUB_ALLOW_PATTERNS = ("*.json", "*.safetensors", "pytorch_model*.bin")
+
+KNOWN_TASKS: dict[str, dict[str, Any]] = {DEFAULT_HUBERT: {"normalize": False, "sample_rate": 16_000}}
+"""The fairseq task of the checkpoint a hub repo was converted from, for repos whose
+``config.json`` does not record it: ``voidful/mhubert-base`` is ``mhubert_base_vp_en_es_fr_it3.pt``,
+whose task does not normalise the waveform (the original ``speech2unit.py`` layer-norms only
+when ``task.cfg.normalize``). So its units match the original's whatever its
+``preprocessor_config.json`` says (transformers' default there is ``do_normalize=True``)."""
+
+logger = logging.getLogger(__name__)
 
 TASK_KEY = "fairseq_task"
 """``config.json`` key under which :func:`convert_fairseq_hubert` records the fairseq task."""
@@ -448,7 +458,8 @@ def load_hubert(
         trust_pickle: when ``config.json`` has no ``fairseq_task`` record but the folder
             holds the fairseq checkpoint (``mhubert_base_vp_en_es_fr_it3.pt``), unpickle it
             (inert stand-ins, as in :func:`convert_fairseq_hubert`) to read its task's
-            ``normalize`` for the check below. Without it such a folder is not checked.
+            ``normalize`` for the check below. Without it such a folder is not checked,
+            except the default hub id, whose upstream task is known (:data:`KNOWN_TASKS`).
 
     Returns:
         ``(model, feature_extractor)``: a ``HubertModel`` in eval mode and the
@@ -509,10 +520,13 @@ def load_hubert(
             f"the model ({', '.join(sorted(missing)[:8])}{', ...' if len(missing) > 8 else ''})."
         )
     task, task_source = _checkpoint_task(folder, config, trust_pickle)
+    known = task is None and isinstance(ref, str) and ref in KNOWN_TASKS
+    if known:
+        task, task_source = KNOWN_TASKS[str(ref)], f"the task of {UPSTREAM_CHECKPOINT}, which {ref} was converted from"
     if (folder / "preprocessor_config.json").is_file():
         feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder)
         if task is not None:
-            _reconcile_with_task(feature_extractor, task, task_source, folder)
+            _reconcile_with_task(feature_extractor, task, task_source, folder, warn=not known)
     else:
         feature_extractor = Wav2Vec2FeatureExtractor(
             feature_size=1,
@@ -550,8 +564,11 @@ def _checkpoint_task(folder: Path, config: Any, trust_pickle: bool) -> tuple[dic
 
 
 def _reconcile_with_task(feature_extractor: Any, task: Mapping[str, Any], source: str,
-                         folder: Path) -> None:
-    """Warn about, and follow the task on, settings of preprocessor_config.json that differ."""
+                         folder: Path, *, warn: bool = True) -> None:
+    """Warn about, and follow the task on, settings of preprocessor_config.json that differ.
+
+    ``warn=False`` (a task known for the hub repo, :data:`KNOWN_TASKS`): the user cannot fix
+    the repo's file, so it is only logged."""
     problems = []
     if bool(feature_extractor.do_normalize) != task["normalize"]:
         problems.append(
@@ -563,7 +580,10 @@ def _reconcile_with_task(feature_extractor: Any, task: Mapping[str, Any], source
             f"sampling_rate={feature_extractor.sampling_rate} but the task has "
             f"sample_rate={task['sample_rate']}")
         feature_extractor.sampling_rate = task["sample_rate"]
-    if problems:
+    if problems and not warn:
+        logger.info("HuBERT speech encoder: %s: %s; using %s", folder / "preprocessor_config.json",
+                    "; ".join(problems), source)
+    elif problems:
         warnings.warn(
             f"HuBERT speech encoder: {folder / 'preprocessor_config.json'} disagrees with "
             f"{source}: {'; '.join(problems)}. Using the task's settings, the input the model "

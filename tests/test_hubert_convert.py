@@ -224,6 +224,39 @@ def test_do_normalize_is_checked_against_the_checkpoint_task(tmp_path, normalize
     assert fe.do_normalize is normalize and fe.sampling_rate == 16000
 
 
+def test_the_default_hub_repo_is_fed_as_its_fairseq_task_was(tmp_path, monkeypatch):
+    """voidful/mhubert-base records no task: its known one (no waveform normalisation, as the
+    original speech2unit.py ran mhubert_base_vp_en_es_fr_it3.pt) wins over a
+    preprocessor_config.json that says otherwise; the same files under a local path are
+    taken as they are."""
+    import shutil
+    import warnings
+
+    import huggingface_hub.constants as hub_constants
+
+    from speechgpt_agent.hubert import DEFAULT_HUBERT
+
+    pt = make_fairseq_hubert_checkpoint(tmp_path / UPSTREAM_CHECKPOINT, normalize=False)
+    out = convert_fairseq_hubert(pt, tmp_path / "hf", trust_pickle=True)
+    config = json.loads((out / "config.json").read_text())
+    del config["fairseq_task"]
+    (out / "config.json").write_text(json.dumps(config))
+    _set_preprocessor(out, do_normalize=True)
+    repo = tmp_path / "cache" / f"models--{DEFAULT_HUBERT.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(out, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HubertConfigWarning)  # the user cannot fix the repo's file
+        _, fe = load_hubert(DEFAULT_HUBERT, device="cpu")
+    assert fe.do_normalize is False
+    _, fe = load_hubert(out, device="cpu")
+    assert fe.do_normalize is True
+
+
 def load_hubert_quiet(folder):
     with pytest.warns(HubertConfigWarning):
         return load_hubert(folder, device="cpu")
