@@ -93,6 +93,44 @@ def test_chat_interactive_session(tiny_model_set, monkeypatch, tmp_path, capsys,
     assert err.count("answer tokens]") == 2
 
 
+def test_typed_lines_are_read_as_the_original_cli_read_them(tmp_path):
+    from speechgpt_agent.commands.conversation import typed_turn
+
+    clip = tmp_path / "q.wav"
+    sf.write(clip, np.zeros(1600, dtype=np.float32), 16000)
+    asr = "Can you transcribe the speech into a written format?"
+    assert typed_turn(str(clip)) == {"text": None, "audio": str(clip), "task": "chat"}
+    assert typed_turn(f"{asr} This is input: {clip}") == {
+        "text": None, "audio": str(clip), "task": "asr", "instruction": asr}
+    assert typed_turn(f"{asr} This is input: /no/such.flac")["task"] == "asr"  # reported missing
+    assert typed_turn("Try to speak out this sentence, please. This is input: good morning") == {
+        "text": "good morning", "audio": None, "task": "tts",
+        "instruction": "Try to speak out this sentence, please."}
+    for line in ("what is two plus three", "This is input:", "/no/such/file.wav is text then"):
+        assert typed_turn(line) == {"text": line, "audio": None, "task": "chat"}
+
+
+@needs_demo
+def test_chat_takes_the_original_clis_typed_asr_and_tts_requests(monkeypatch, tmp_path, capsys, one_thread):
+    """``... This is input: q.wav`` is transcribed (as the ``transcribe`` command does it) and
+    ``... This is input: seven`` spoken into a wav; a missing clip is an error and the session
+    goes on."""
+    clip = str(DEMO_CLIPS / "what_is_eight_plus_five.wav")
+    code, heard, _ = run(capsys, "transcribe", clip, *DEMO_ARGS)
+    assert code == 0
+    lines = iter([f"Can you transcribe the speech into a written format? This is input: {clip}",
+                  "Try to speak out this sentence, please. This is input: seven",
+                  "Can you transcribe the speech into a written format? This is input: /no/such.wav", "quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    code, stdout, err = run(capsys, "chat", "-o", str(tmp_path / "a.wav"), *DEMO_ARGS)
+    assert code == 0
+    assert f"Answer: {heard.split(chr(9), 1)[1].strip()}\n" in stdout
+    spoken = re.search(rf"Speech answer: {re.escape(str(tmp_path / 'a_2.wav'))} \(([\d.]+) s, (\d+) units\)", stdout)
+    assert spoken, stdout
+    assert_speech(tmp_path / "a_2.wav", seconds=float(spoken.group(1)))
+    assert "error: audio file not found: '/no/such.wav'" in err, err
+
+
 @needs_demo
 def test_transcribe_and_speak(tmp_path, capsys, one_thread):
     # the held-out voice asking questions never heard in training (tests/data/demo/clips.json)

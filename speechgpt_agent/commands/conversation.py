@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ..errors import SpeechGPTError
 from .options import (
@@ -58,6 +59,51 @@ def _print_turn(runtime, out_wav: str | None, *, speak_text: bool = False, **kwa
     return response
 
 
+_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".mp4", ".m4a", ".aiff")
+
+
+def _names_audio(text: str) -> bool:
+    """``text`` reads as the path of an audio file (one word with an audio extension)."""
+    return not any(c.isspace() for c in text) and text.lower().endswith(_AUDIO_SUFFIXES)
+
+
+def typed_turn(line: str) -> dict[str, Any]:
+    """The ``SpeechGPT.stream`` arguments of a typed line, as the original ``cli_infer.py`` read it.
+
+    * the path of an audio file: a spoken question (``audio``);
+    * ``"{instruction} This is input: {path of an audio file}"``: SpeechInstruct's ASR
+      (``task="asr"``: the prompt holds the clip's units after the marker; a path with an
+      audio extension that does not exist is still taken as one, to be reported missing);
+    * ``"{instruction} This is input: {text}"``: SpeechInstruct's TTS (``task="tts"``);
+    * anything else: a text question.
+
+    The original swapped a typed path after ``is input:`` for its units and sent the rest
+    verbatim; these tasks give the same prompts, and tell the parser what the answer is.
+    """
+    import os
+
+    from ..prompt import INPUT_MARKER
+
+    line = line.strip()
+    if os.path.isfile(line):
+        return {"text": None, "audio": line, "task": "chat"}
+    if INPUT_MARKER in line:
+        instruction, payload = (part.strip() for part in line.rsplit(INPUT_MARKER, 1))
+        if instruction and payload:
+            if os.path.isfile(payload) or _names_audio(payload):  # a missing clip is reported, not spoken
+                return {"text": None, "audio": payload, "task": "asr", "instruction": instruction}
+            return {"text": payload, "audio": None, "task": "tts", "instruction": instruction}
+    return {"text": line, "audio": None, "task": "chat"}
+
+
+def _output_for(turn: dict[str, Any], args: argparse.Namespace) -> str:
+    """Spoken questions and TTS requests are answered in speech; text questions in text (no
+    vocoder work, and none loaded) unless ``--speak``; never with ``--text-only``."""
+    if args.text_only or turn["task"] == "asr":
+        return "text"
+    return "both" if (turn["audio"] is not None or turn["task"] == "tts" or args.speak) else "text"
+
+
 def add_chat(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "chat",
@@ -65,7 +111,9 @@ def add_chat(sub: argparse._SubParsersAction) -> None:
         description="Talk with SpeechGPT. With --audio/--text: one turn. Without: an interactive "
         "session where each line is a question or the path of an audio file; earlier turns are "
         "kept as the conversation's history. A spoken question gets a spoken answer (written to "
-        "-o); a text question gets a text answer, also spoken with --speak. "
+        "-o); a text question gets a text answer, also spoken with --speak. As in the original "
+        "CLI, '<instruction> This is input: <audio file>' asks for its transcript and "
+        "'<instruction> This is input: <text>' for its speech (written to -o). "
         "No weights at hand? --model demo runs the small model embedded in the package, offline.",
     )
     p.add_argument("--audio", help="a spoken question (any format/rate soundfile reads)")
@@ -86,27 +134,27 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     from ..prompt import Turn
 
-    if args.audio is not None:
-        check_audio_inputs([args.audio], "--audio")
     if args.text is not None and not args.text.strip():
         raise SpeechGPTError("--text is empty: give the question's text.")
+    one_turn = args.audio is not None or args.text is not None
+    turn = None
+    if one_turn:
+        turn = (typed_turn(args.text) if args.text is not None and args.audio is None
+                else {"text": args.text, "audio": args.audio, "task": "chat"})
+        if turn["audio"] is not None:
+            check_audio_inputs([turn["audio"]], "--audio" if args.audio is not None else "--text")
     check_output(args.output)
     opts = generation_options(args)
-    one_turn = args.audio is not None or args.text is not None
     preload = []
-    if args.audio is not None:
+    if turn is not None and turn["audio"] is not None:
         preload.append("speech_tokenizer")
-    if not args.text_only and (args.audio is not None or args.speak):
+    if turn is not None and _output_for(turn, args) != "text":
         preload.append("vocoder")
-    runtime = load_runtime(args, speech_out=not args.text_only, preload=preload if one_turn else ())
+    runtime = load_runtime(args, speech_out=not args.text_only, preload=preload)
 
-    def output_for(spoken_question: bool) -> str:
-        # a text question is answered in text: no vocoder work (and none loaded) unless --speak
-        return "both" if not args.text_only and (spoken_question or args.speak) else "text"
-
-    if one_turn:
-        _print_turn(runtime, args.output, speak_text=args.speak, text=args.text, audio=args.audio,
-                    output=output_for(args.audio is not None), options=opts, seed=args.seed)
+    if turn is not None:
+        _print_turn(runtime, args.output, speak_text=args.speak, output=_output_for(turn, args),
+                    options=opts, seed=args.seed, **turn)
         return 0
     history: list[Turn] = []
     n = 0
@@ -121,17 +169,19 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             return 0
         if not line:
             continue
-        is_audio = os.path.isfile(line)
+        turn = typed_turn(line)
         n += 1
         try:
             response = _print_turn(
-                runtime, f"{stem}_{n}{ext or '.wav'}", speak_text=args.speak,
-                text=None if is_audio else line, audio=line if is_audio else None,
-                output=output_for(is_audio), options=opts, seed=args.seed, history=history)
+                runtime, f"{stem}_{n}{ext or '.wav'}", speak_text=args.speak and turn["task"] == "chat",
+                output=_output_for(turn, args), options=opts, seed=args.seed,
+                history=history if turn["task"] == "chat" else (), **turn)
         except SpeechGPTError as exc:  # keep the session alive
             print(f"error: {exc}", file=sys.stderr)
             continue
-        user = response.transcript if is_audio else line
+        if turn["task"] != "chat":
+            continue  # an ASR / TTS request is no part of the conversation
+        user = response.transcript if turn["audio"] is not None else line
         if user.strip() and response.text.strip():
             history.append(Turn(user=user, assistant=response.text))
 
