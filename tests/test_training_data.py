@@ -336,7 +336,9 @@ def test_data_build_command(tmp_path, capsys):
     args = _data_parser().parse_args(["data", "build", "cm", *shards, "-o", str(tmp_path / "cm"),
                                       "--directions", "asr", "--dev-fraction", "0.2"])
     assert args.func(args) == 0
-    assert "wrote 8 samples" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "wrote 8 samples" in err
+    assert f"--train-file {tmp_path / 'cm' / 'train.jsonl'} --dev-file {tmp_path / 'cm' / 'dev.jsonl'}" in err
     assert len((tmp_path / "cm" / "dev.jsonl").read_text().splitlines()) == 2
     skipped = (tmp_path / "cm" / "skipped.jsonl").read_text().splitlines()
     assert [json.loads(s)["reason"] for s in skipped] == ["empty transcript"] * 2

@@ -303,4 +303,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     dev_note = f" and {result.dev_count} to {result.dev}" if result.dev else ""
     print(f"wrote {result.train_count} samples to {result.train}{dev_note}; {report.summary()}",
           file=sys.stderr)
+    if result.dev:  # as the original scripts did: without it, train holds out val_set_size more
+        print(f"train on them with: speechgpt-agent train --stage {args.stage} --train-file {result.train} "
+              f"--dev-file {result.dev} ...", file=sys.stderr)
     return 0
