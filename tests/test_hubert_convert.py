@@ -224,6 +224,18 @@ def test_do_normalize_is_checked_against_the_checkpoint_task(tmp_path, normalize
     assert fe.do_normalize is normalize and fe.sampling_rate == 16000
 
 
+def _converted_without_task_record(tmp_path):
+    """Like voidful/mhubert-base: a conversion of a normalize=False checkpoint whose config.json
+    records no task and whose preprocessor_config.json says do_normalize=true."""
+    pt = make_fairseq_hubert_checkpoint(tmp_path / UPSTREAM_CHECKPOINT, normalize=False)
+    out = convert_fairseq_hubert(pt, tmp_path / "hf", trust_pickle=True)
+    config = json.loads((out / "config.json").read_text())
+    del config["fairseq_task"]
+    (out / "config.json").write_text(json.dumps(config))
+    _set_preprocessor(out, do_normalize=True)
+    return pt, out
+
+
 def test_the_default_hub_repo_is_fed_as_its_fairseq_task_was(tmp_path, monkeypatch):
     """voidful/mhubert-base records no task: its known one (no waveform normalisation, as the
     original speech2unit.py ran mhubert_base_vp_en_es_fr_it3.pt) wins over a
@@ -236,12 +248,7 @@ def test_the_default_hub_repo_is_fed_as_its_fairseq_task_was(tmp_path, monkeypat
 
     from speechgpt_agent.hubert import DEFAULT_HUBERT
 
-    pt = make_fairseq_hubert_checkpoint(tmp_path / UPSTREAM_CHECKPOINT, normalize=False)
-    out = convert_fairseq_hubert(pt, tmp_path / "hf", trust_pickle=True)
-    config = json.loads((out / "config.json").read_text())
-    del config["fairseq_task"]
-    (out / "config.json").write_text(json.dumps(config))
-    _set_preprocessor(out, do_normalize=True)
+    _, out = _converted_without_task_record(tmp_path)
     repo = tmp_path / "cache" / f"models--{DEFAULT_HUBERT.replace('/', '--')}"
     commit = "0" * 40
     shutil.copytree(out, repo / "snapshots" / commit)
@@ -264,12 +271,7 @@ def load_hubert_quiet(folder):
 
 def test_a_folder_without_the_record_is_checked_against_its_fairseq_checkpoint(tmp_path, recwarn):
     """Like voidful/mhubert-base: transformers files only; the upstream .pt beside them has the task."""
-    pt = make_fairseq_hubert_checkpoint(tmp_path / UPSTREAM_CHECKPOINT, normalize=False)
-    out = convert_fairseq_hubert(pt, tmp_path / "hf", trust_pickle=True)
-    config = json.loads((out / "config.json").read_text())
-    del config["fairseq_task"]
-    (out / "config.json").write_text(json.dumps(config))
-    _set_preprocessor(out, do_normalize=True)
+    pt, out = _converted_without_task_record(tmp_path)
     _, fe = load_hubert(out, device="cpu")  # nothing to compare with
     assert fe.do_normalize is True
     assert not [w for w in recwarn if issubclass(w.category, HubertConfigWarning)]

@@ -2,16 +2,14 @@
 
 :class:`AnswerMessage` follows the turn's events (text, transcript, units, audio pieces, the
 final response) and gives the chunks to stream and the final ``AIMessage`` (the formats are
-in :mod:`.chat_models`); :class:`StopAfterThis` is the logits processor through which it
-ends generation early (a stop sequence, a complete tool call or JSON answer).
+in :mod:`.chat_models`); it ends generation early (a stop sequence, a complete tool call or
+JSON answer) through :class:`.answer_text.StopAfterThis`.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
-import torch
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import tool_call_chunk
@@ -21,39 +19,16 @@ from speechgpt_agent.audio import SAMPLE_RATE
 from speechgpt_agent.parse import TextDelta, TranscriptDelta, Units
 from speechgpt_agent.pipeline import AudioChunk, Completed, Response
 
-from .answer_text import AnswerText
+from .answer_text import AnswerText, StopAfterThis
 from .messages import audio_block
 from .tool_calling import ParsedAnswer
 
 if TYPE_CHECKING:
     from .chat_models import _Request
 
-__all__ = ["PROVIDER", "AnswerMessage", "StopAfterThis", "args_survive_merging"]
+__all__ = ["PROVIDER", "AnswerMessage", "args_survive_merging"]
 
 PROVIDER = "speechgpt"
-
-
-class StopAfterThis:
-    """Logits processor that ends generation at the next step once :meth:`set` was called.
-
-    It implements ``stop`` sequences and the end of a complete tool call: the text that
-    follows is not wanted, so it is not generated (nor vocoded). Placed after every other
-    processor so that it wins.
-    """
-
-    def __init__(self, eos_id: int) -> None:
-        self.eos_id = eos_id
-        self._event = threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if not self._event.is_set():
-            return scores
-        forced = torch.full_like(scores, float("-inf"))
-        forced[..., self.eos_id] = 0.0
-        return forced
 
 
 def args_survive_merging(args: Any) -> bool:

@@ -5,16 +5,19 @@ both use this one class: it holds back text that could still become a stop seque
 tools bound, text from the first character that can open a call until it is known to be
 plain text; it cuts the answer at a stop sequence; and it asks for the generation to end
 (``on_stop``) once what follows is not wanted: a stop sequence, a complete call, or a
-complete JSON answer (unless speech follows it).
+complete JSON answer (unless speech follows it), which :class:`StopAfterThis` carries out.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+
+import torch
 
 from .tool_calling import CALL_OPENERS, ParsedAnswer, complete_json_at, parse_tool_calls
 
-__all__ = ["AnswerText", "stop_holdback"]
+__all__ = ["AnswerText", "StopAfterThis", "stop_holdback"]
 
 
 def stop_holdback(text: str, stops: Sequence[str]) -> int:
@@ -120,3 +123,30 @@ class AnswerText:
         """The part of the final ``content`` not released yet (``""`` if it no longer
         continues what was released)."""
         return content[len(self.emitted):] if content.startswith(self.emitted) else ""
+
+
+class StopAfterThis:
+    """Ends the answer once :meth:`set` was called (a stop sequence or a complete tool call /
+    JSON answer was seen: what follows is not wanted, so it is not generated or vocoded):
+    through the engine's ``stop_event`` on any engine, or as a logits processor forcing eos
+    (embedded engine). ``SpeechGPTChat`` and the server both end answers through it; placed
+    after every other logits processor, so that it wins."""
+
+    def __init__(self, eos_id: int) -> None:
+        self.eos_id = eos_id
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    @property
+    def event(self) -> threading.Event:
+        """Set by :meth:`set`: the engine's ``stop_event`` for the turn."""
+        return self._event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self._event.is_set():
+            return scores
+        forced = torch.full_like(scores, float("-inf"))
+        forced[..., self.eos_id] = 0.0
+        return forced

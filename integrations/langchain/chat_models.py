@@ -91,7 +91,8 @@ from ._runtime import (
     load_text_tokenizer,
     prompt_tokens_bound,
 )
-from .answer_message import PROVIDER, AnswerMessage, StopAfterThis
+from .answer_message import PROVIDER, AnswerMessage
+from .answer_text import StopAfterThis
 from .messages import to_turn_input
 from .structured_output import structured_output
 from .tool_calling import (
@@ -219,7 +220,7 @@ class _Request:
         if getattr(runtime.engine, "name", "transformers") != "transformers":
             # an engine without transformers logits processors (vLLM) takes the grammar and
             # the early stop as such (structured outputs; an aborted request)
-            stream_kwargs.update(grammar=self.grammar, stop_event=answer.stopper._event)
+            stream_kwargs.update(grammar=self.grammar, stop_event=answer.stopper.event)
             return {**stream_kwargs, "logits_processors": processors}, answer
         if self.grammar is not None:
             # compiled (cached) before generation starts, so a bad schema raises here; top-k

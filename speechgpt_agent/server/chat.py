@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -53,11 +52,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from langchain_core.messages import ToolMessage
 
 from ..audio import SAMPLE_RATE
-from ..integrations.langchain.answer_text import AnswerText
+from ..integrations.langchain.answer_text import AnswerText, StopAfterThis
 from ..integrations.langchain.tool_calling import (
     ParsedAnswer,
     json_answer_prompt,
@@ -368,35 +366,6 @@ def plan_turn(req: ChatCompletionRequest, runtime: Any, config: ServerConfig, st
         stops=req.stops,
         audio_digests=[audio_digest(p.input_audio.data) for _, p in question_audio],
     )
-
-
-# --- ending generation early ---------------------------------------------------------------
-
-
-class StopAfterThis:
-    """Ends the answer once :meth:`set` was called (a stop sequence or a complete tool call /
-    JSON answer was seen: what follows is not wanted, so it is not generated or vocoded):
-    through the engine's ``stop_event`` on any engine, or as a logits processor forcing eos
-    (embedded engine). The same rule as ``SpeechGPTChat``'s."""
-
-    def __init__(self, eos_id: int) -> None:
-        self.eos_id = eos_id
-        self._event = threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    @property
-    def event(self) -> threading.Event:
-        """Set by :meth:`set`: the engine's ``stop_event`` for the turn."""
-        return self._event
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if not self._event.is_set():
-            return scores
-        forced = torch.full_like(scores, float("-inf"))
-        forced[..., self.eos_id] = 0.0
-        return forced
 
 
 def answer_grammar(turn: ChatTurn) -> Any:
