@@ -24,7 +24,7 @@ from .messages import audio_block
 from .tool_calling import ParsedAnswer
 
 if TYPE_CHECKING:
-    from .chat_models import _Request
+    from .request import ChatRequest
 
 __all__ = ["PROVIDER", "AnswerMessage", "args_survive_merging"]
 
@@ -52,7 +52,7 @@ class AnswerMessage:
     from the first character that can open a tool call, until it is known to be plain text.
     """
 
-    def __init__(self, request: _Request, stopper: StopAfterThis, *, streaming: bool) -> None:
+    def __init__(self, request: ChatRequest, stopper: StopAfterThis, *, streaming: bool) -> None:
         self.request = request
         self.streaming = streaming
         self.stopper = stopper
